@@ -1,0 +1,153 @@
+"""``crmsync mailbox``: add, list and show mailboxes."""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Annotated
+
+import typer
+
+from crmsync.admin.mailboxes import MailboxSpec, add_mailbox, describe, find_mailbox, list_mailboxes
+from crmsync.cli.context import Context
+from crmsync.cli.output import info, out, print_json, table
+from crmsync.db import session_scope
+from crmsync.errors import InvalidInput
+from crmsync.secrets import Secret
+
+app = typer.Typer(
+    help="Mailboxes: where crmsync reaches each user's or queue's mail.", no_args_is_help=True
+)
+
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print the result as JSON.")]
+DEFAULT_PASSWORD_ENV = "CRMSYNC_MAILBOX_PASSWORD"  # noqa: S105  (a variable name)
+
+
+def read_password(env_name: str) -> Secret:
+    """From the named environment variable, else a hidden prompt; never from the command line."""
+    value = os.environ.get(env_name)
+    if value:
+        return Secret(value)
+    if not sys.stdin.isatty():
+        raise InvalidInput(
+            f"no password: set the environment variable {env_name} (or name another with "
+            "--password-env), or run in a terminal to be prompted"
+        )
+    return Secret(typer.prompt("Mailbox password", hide_input=True, confirmation_prompt=True))
+
+
+@app.command("add")
+def add(
+    owner: Annotated[
+        str, typer.Option(help="User (username, email or external id) or queue:NAME.")
+    ],
+    imap: Annotated[
+        str | None, typer.Option(help="Incoming server, imap://host[:port] or imaps://…")
+    ] = None,
+    smtp: Annotated[
+        str | None, typer.Option(help="Outgoing server, smtp://, submission:// or smtps://…")
+    ] = None,
+    caldav: Annotated[str | None, typer.Option(help="CalDAV URL (appointments, tasks).")] = None,
+    carddav: Annotated[str | None, typer.Option(help="CardDAV URL (contacts).")] = None,
+    username: Annotated[
+        str | None, typer.Option(help="Login name (default: the email address).")
+    ] = None,
+    email: Annotated[
+        str | None, typer.Option(help="Mailbox address (default: the owner's).")
+    ] = None,
+    name: Annotated[str | None, typer.Option(help="Display name (default: the owner's).")] = None,
+    password_env: Annotated[
+        str, typer.Option(help="Environment variable holding the password.")
+    ] = DEFAULT_PASSWORD_ENV,
+    update: Annotated[
+        bool, typer.Option("--update", help="Reconfigure an existing mailbox.")
+    ] = False,
+    json_out: JsonOpt = False,
+) -> None:
+    """Add a mailbox for a user or queue. The password comes from the environment or a prompt."""
+    ctx = Context()
+    spec = MailboxSpec(
+        owner=owner,
+        imap_url=imap,
+        smtp_url=smtp,
+        caldav_url=caldav,
+        carddav_url=carddav,
+        username=username,
+        email_address=email,
+        name=name,
+    )
+    engine = ctx.engine()
+    password = read_password(password_env)
+    with session_scope(engine) as session:
+        mailbox, created = add_mailbox(session, ctx.secret_box, spec, password, update=update)
+        result = describe(mailbox, detail=True)
+    if json_out:
+        print_json(result | {"created": created})
+        return
+    verb = "added" if created else "updated"
+    info(
+        f"{verb} mailbox {result['email_address']} for {result['owner']} "
+        f"(state {result['state']}, approval {result['approval']})"
+    )
+
+
+@app.command("list")
+def list_command(json_out: JsonOpt = False) -> None:
+    """List every mailbox with its approval, state and last sync."""
+    ctx = Context()
+    with session_scope(ctx.engine()) as session:
+        rows = [describe(m) for m in list_mailboxes(session)]
+    if json_out:
+        print_json(rows)
+        return
+    if not rows:
+        info(
+            "no mailboxes yet; add one with: crmsync mailbox add --owner USER --imap URL --smtp URL"
+        )
+        return
+    out.print(mailbox_table(rows))
+
+
+def mailbox_table(rows: list[dict]) -> object:
+    return table(
+        None,
+        ["Mailbox", "Owner", "Approval", "State", "Syncs", "Last sync", "Next sync", "Last error"],
+        [
+            (
+                r["email_address"],
+                r["owner"],
+                r["approval"],
+                r["state"],
+                syncs(r),
+                r["last_sync"],
+                r["next_sync"],
+                r["last_error"],
+            )
+            for r in rows
+        ],
+    )
+
+
+def syncs(row: dict) -> str:
+    """Which kinds of sync the mailbox is configured for, in a few characters."""
+    kinds = [
+        label
+        for key, label in (("incoming", "in"), ("outgoing", "out"), ("act", "act"))
+        if row[key] != "none"
+    ]
+    return "+".join(kinds) or "none"
+
+
+@app.command("show")
+def show(
+    mailbox: Annotated[str, typer.Argument(help="Mailbox id, address, or owner.")],
+    json_out: JsonOpt = False,
+) -> None:
+    """Show one mailbox in full (never its password)."""
+    ctx = Context()
+    with session_scope(ctx.engine()) as session:
+        result = describe(find_mailbox(session, mailbox), detail=True)
+    if json_out:
+        print_json(result)
+        return
+    out.print(table(None, ["Field", "Value"], list(result.items())))

@@ -1,0 +1,1 @@
+"""The CRM domain: records, activities, mailboxes, roles, and (later) the security checks."""

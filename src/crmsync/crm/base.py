@@ -1,0 +1,107 @@
+"""Declarative base, shared column types and value sets of the CRM schema."""
+
+from __future__ import annotations
+
+import enum
+import uuid
+from datetime import UTC, datetime
+
+import sqlalchemy as sa
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+# Deterministic constraint names, so Alembic can alter and drop them by name later.
+NAMING = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+class Base(DeclarativeBase):
+    metadata = sa.MetaData(naming_convention=NAMING)
+    type_annotation_map = {
+        datetime: sa.DateTime(timezone=True),
+        uuid.UUID: sa.Uuid(),
+    }
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def new_id() -> uuid.UUID:
+    return uuid.uuid4()
+
+
+def pk() -> Mapped[uuid.UUID]:
+    return mapped_column(primary_key=True, default=new_id)
+
+
+def created_at() -> Mapped[datetime]:
+    return mapped_column(server_default=sa.func.now(), default=utcnow)
+
+
+class StrEnum(enum.StrEnum):
+    """Stored as its value (a short string) with a CHECK constraint; readable in SQL and JSON."""
+
+    @classmethod
+    def values(cls) -> list[str]:
+        return [m.value for m in cls]
+
+
+def enum_column(enum_cls: type[StrEnum], name: str) -> sa.Enum:
+    return sa.Enum(
+        enum_cls,
+        name=name,
+        native_enum=False,
+        create_constraint=True,
+        length=max(len(v) for v in enum_cls.values()),
+        values_callable=lambda e: [m.value for m in e],
+        validate_strings=True,
+    )
+
+
+class RecordState(StrEnum):
+    ACTIVE = "active"
+    INACTIVE = "inactive"
+
+
+class Depth(StrEnum):
+    """How far a role's privilege reaches (Dynamics: Basic / Local / Deep / Global)."""
+
+    USER = "user"
+    BUSINESS_UNIT = "business_unit"
+    PARENT_CHILD = "parent_child"
+    ORGANIZATION = "organization"
+
+
+class IncomingEmailFilter(StrEnum):
+    """Which received email a user's or queue's mailbox tracks automatically (reference §2)."""
+
+    ALL = "all"
+    RESPONSES = "responses"
+    """Only replies to email already tracked: the default."""
+    LEADS_CONTACTS_ACCOUNTS = "leads_contacts_accounts"
+    EMAIL_ENABLED = "email_enabled"
+    NONE = "none"
+
+
+class PartyRole(StrEnum):
+    """How a party takes part in an activity."""
+
+    FROM = "from"
+    TO = "to"
+    CC = "cc"
+    BCC = "bcc"
+    ORGANIZER = "organizer"
+    REQUIRED = "required"
+    OPTIONAL = "optional"
+    OWNER = "owner"
+
+
+class Resolution(StrEnum):
+    RESOLVED = "resolved"
+    UNRESOLVED = "unresolved"
+    AMBIGUOUS = "ambiguous"

@@ -1,0 +1,303 @@
+"""The command line, run as a user runs it: a subprocess with an environment."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
+
+from crmsync.crm.models import BusinessUnit, User
+from crmsync.db import session_scope
+
+pytestmark = pytest.mark.integration
+
+PASSWORD = "Kesä-salasana-7f3a9"
+
+
+def run(env: dict[str, str], *args: str, input: str | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "crmsync", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        input=input,
+        timeout=120,
+        check=False,
+    )
+
+
+@pytest.fixture
+def cli_env(database_url: str, tmp_path: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CRMSYNC_")}
+    env.update(
+        CRMSYNC_DATABASE_URL=database_url,
+        CRMSYNC_HOME=str(tmp_path / "home"),
+        CRMSYNC_LOG_LEVEL="debug",
+    )
+    return env
+
+
+@pytest.fixture
+def anna(engine: Engine) -> str:
+    with session_scope(engine) as s:
+        bu = BusinessUnit(name="Root")
+        s.add(bu)
+        s.flush()
+        u = User(name="Anna Virtanen", username="anna", business_unit_id=bu.id)
+        u.set_email("anna.virtanen@example.test")
+        s.add(u)
+    return "anna"
+
+
+def test_init_is_idempotent_and_reports(cli_env: dict[str, str]) -> None:
+    first = run(cli_env, "init", "--json")
+    assert first.returncode == 0, first.stderr
+    assert json.loads(first.stdout)["changed"] is False  # the test database is already migrated
+    again = run(cli_env, "init")
+    assert again.returncode == 0
+    assert "up to date" in again.stderr
+
+
+def test_every_command_has_help() -> None:
+    for args in (
+        ["--help"],
+        ["init", "--help"],
+        ["status", "--help"],
+        ["mailbox", "add", "--help"],
+        ["mailbox", "list", "--help"],
+        ["mailbox", "show", "--help"],
+        ["import", "--help"],
+        ["demo", "--help"],
+    ):
+        res = run(dict(os.environ), *args)
+        assert res.returncode == 0, (args, res.stderr)
+        assert "Usage" in res.stdout
+
+
+def test_mailbox_add_stores_password_encrypted_and_never_prints_it(
+    cli_env: dict[str, str], engine: Engine, anna: str
+) -> None:
+    env = cli_env | {"CRMSYNC_MAILBOX_PASSWORD": PASSWORD}
+    add = run(
+        env,
+        "mailbox",
+        "add",
+        "--owner",
+        anna,
+        "--imap",
+        "imap://127.0.0.1:1143",
+        "--smtp",
+        "smtp://127.0.0.1:2525",
+        "--json",
+    )
+    assert add.returncode == 0, add.stderr
+    added = json.loads(add.stdout)
+    assert added["email_address"] == "anna.virtanen@example.test"
+    assert added["credential"] == "stored, encrypted"
+    assert (added["state"], added["approval"]) == ("disabled", "pending")
+
+    outputs = [add]
+    outputs.append(run(env, "mailbox", "list", "--json"))
+    outputs.append(run(env, "mailbox", "show", anna, "--json"))
+    outputs.append(run(env, "mailbox", "show", anna))
+    outputs.append(run(env, "status", "--json"))
+    outputs.append(run(env, "status"))
+    for res in outputs:
+        assert res.returncode == 0, res.stderr
+        assert PASSWORD not in res.stdout + res.stderr
+    assert json.loads(outputs[1].stdout)[0]["owner"] == "Anna Virtanen"
+
+    # Not in clear anywhere in the database: every row of every table, as text.
+    with engine.connect() as conn:
+        tables = conn.scalars(
+            sa.text("SELECT tablename FROM pg_tables WHERE schemaname = 'public'")
+        ).all()
+        for table in tables:
+            dump = conn.scalars(sa.text(f'SELECT t::text FROM "{table}" t')).all()
+            assert not any(PASSWORD in row for row in dump), table
+            assert not any(PASSWORD.encode().hex() in row for row in dump), table
+        stored = conn.scalar(sa.text("SELECT credential FROM mailbox"))
+    assert stored and PASSWORD.encode() not in bytes(stored)
+
+
+def test_password_is_never_taken_from_argv(cli_env: dict[str, str], anna: str) -> None:
+    res = run(cli_env, "mailbox", "add", "--owner", anna, "--imap", "imap://h", "--password", "x")
+    assert res.returncode != 0
+    assert "No such option" in res.stderr
+    res = run(cli_env, "mailbox", "add", "--owner", anna, "--imap", "imap://h")  # no env, no tty
+    assert res.returncode == 1
+    assert "CRMSYNC_MAILBOX_PASSWORD" in res.stderr
+    assert len(res.stderr.strip().splitlines()) == 1
+
+
+def test_second_add_needs_update_then_replaces(cli_env: dict[str, str], anna: str) -> None:
+    env = cli_env | {"CRMSYNC_MAILBOX_PASSWORD": "p1"}
+    base = ["mailbox", "add", "--owner", anna, "--imap", "imap://127.0.0.1:1143"]
+    assert run(env, *base).returncode == 0
+    again = run(env, *base)
+    assert again.returncode == 1
+    assert "--update" in again.stderr
+    upd = run(env, *base[:-1], "imaps://mail.example.test", "--update", "--json")
+    assert upd.returncode == 0, upd.stderr
+    assert json.loads(upd.stdout)["imap_url"] == "imaps://mail.example.test"
+    assert len(json.loads(run(env, "mailbox", "list", "--json").stdout)) == 1
+
+
+@pytest.mark.parametrize(
+    ("args", "fragment"),
+    [
+        (["--owner", "nobody", "--imap", "imap://h"], "no user or queue 'nobody'"),
+        (["--owner", "anna", "--imap", "pop3://h"], "scheme must be one of"),
+        (["--owner", "anna"], "give at least --imap"),
+    ],
+)
+def test_mailbox_add_errors_are_one_clear_line(
+    cli_env: dict[str, str], anna: str, args: list[str], fragment: str
+) -> None:
+    res = run(cli_env | {"CRMSYNC_MAILBOX_PASSWORD": "p"}, "mailbox", "add", *args)
+    assert res.returncode == 1
+    assert fragment in res.stderr
+    assert len(res.stderr.strip().splitlines()) == 1
+
+
+def test_commands_refuse_a_database_without_schema(tmp_path: Path, pg_admin_url: str) -> None:
+    import uuid
+
+    from sqlalchemy.engine import make_url
+
+    admin = sa.create_engine(pg_admin_url, isolation_level="AUTOCOMMIT")
+    name = f"bare_{uuid.uuid4().hex[:8]}"
+    with admin.connect() as conn:
+        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
+    try:
+        url = make_url(pg_admin_url).set(database=name).render_as_string(hide_password=False)
+        env = {k: v for k, v in os.environ.items() if not k.startswith("CRMSYNC_")}
+        env |= {"CRMSYNC_DATABASE_URL": url, "CRMSYNC_HOME": str(tmp_path)}
+        res = run(env, "status")
+        assert res.returncode == 1
+        assert "run: crmsync init" in res.stderr
+        assert run(env, "init").returncode == 0
+        assert run(env, "status").returncode == 0
+    finally:
+        with admin.connect() as conn:
+            conn.execute(sa.text(f'DROP DATABASE "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+def _contacts_csv(path: Path, n: int, bad: dict[int, tuple[str, str]]) -> Path:
+    """n contact rows; row i in ``bad`` gets (column, value) broken."""
+    lines = ["id,first_name,last_name,email,owner"]
+    for i in range(n):
+        row = {
+            "id": f"c-{i}",
+            "first_name": "Aino",
+            "last_name": f"Laine {i}",
+            "email": f"aino.{i}@customer.test",
+            "owner": "u-anna",
+        }
+        if i in bad:
+            column, value = bad[i]
+            row[column] = value
+        lines.append(",".join(row.values()))
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+def test_import_of_1000_rows_with_3_bad_loads_997_and_names_the_3(
+    cli_env: dict[str, str], tmp_path: Path
+) -> None:
+    people = tmp_path / "people.json"
+    people.write_text(
+        json.dumps(
+            {
+                "business_units": [{"id": "bu-root", "name": "Pohjola Sensors Oy"}],
+                "users": [
+                    {
+                        "id": "u-anna",
+                        "username": "anna.virtanen",
+                        "first_name": "Anna",
+                        "last_name": "Virtanen",
+                        "email": "anna@example.test",
+                        "business_unit": "bu-root",
+                    }
+                ],
+            }
+        )
+    )
+    bad = {10: ("email", "not-an-address"), 500: ("last_name", ""), 998: ("owner", "u-nobody")}
+    contacts = _contacts_csv(tmp_path / "contacts.csv", 1000, bad)
+
+    res = run(cli_env, "import", str(people), str(contacts))
+    assert res.returncode == 1, res.stderr
+    # CSV line = row index + 2 (header is line 1); each error names file, line and field
+    assert 'contacts.csv line 12, field "email"' in res.stderr
+    assert 'contacts.csv line 502, field "last_name"' in res.stderr
+    assert 'contacts.csv line 1000, field "owner"' in res.stderr
+    assert "3 row(s) refused" in res.stderr
+
+    again = run(cli_env, "import", str(people), str(contacts), "--json")
+    assert again.returncode == 1
+    report = json.loads(again.stdout)
+    assert report["counts"]["contacts"] == {
+        "created": 0,
+        "updated": 0,
+        "unchanged": 997,
+        "failed": 3,
+    }
+    assert sorted(e["line"] for e in report["errors"]) == [12, 502, 1000]
+    status = json.loads(run(cli_env, "status", "--json").stdout)
+    assert status["records"]["contact"] == 997
+
+
+def test_import_of_a_missing_file_is_one_clear_line(
+    cli_env: dict[str, str], tmp_path: Path
+) -> None:
+    res = run(cli_env, "import", str(tmp_path / "nope.csv"))
+    assert res.returncode == 1
+    assert "nope.csv" in res.stderr
+    assert len(res.stderr.strip().splitlines()) == 1
+
+
+def test_demo_loads_the_crm_and_delivers_real_mail(cli_env: dict[str, str], stack) -> None:
+    accounts = Path(__file__).parents[2] / "demo" / "mail-accounts.txt"
+    for line in accounts.read_text().splitlines():
+        if line and not line.startswith("#"):
+            login, _, password = line.partition(":")
+            stack.add_user(login, password)
+    stack_json = str(Path(stack.dir) / "stack.json")
+
+    first = run(cli_env, "demo", "--stack", stack_json, "--accounts", str(accounts), "--json")
+    assert first.returncode == 0, first.stderr
+    result = json.loads(first.stdout)
+    assert result["import_errors"] == []
+    assert len(result["mailboxes"]) == 6
+    assert len(result["delivered"]) + len(result["already_there"]) == 7
+    counts = result["inbox_counts"]
+    assert counts["anna.virtanen@demo.crmsync.test"] == 5  # read back over IMAP
+    assert counts["jenni.makinen@demo.crmsync.test"] == 4
+
+    again = run(cli_env, "demo", "--stack", stack_json, "--accounts", str(accounts), "--json")
+    assert again.returncode == 0, again.stderr
+    second = json.loads(again.stdout)
+    assert second["delivered"] == []  # nothing doubled
+    assert second["inbox_counts"] == counts
+    for password in (ln.partition(":")[2] for ln in accounts.read_text().splitlines()):
+        if password:
+            assert password not in first.stdout + first.stderr + again.stdout + again.stderr
+
+    human = run(cli_env, "demo", "--stack", stack_json, "--accounts", str(accounts))
+    assert human.returncode == 0, human.stderr
+    assert "anna.virtanen@demo.crmsync.test" in human.stdout
+    assert "disabled" in human.stdout and "pending" in human.stdout
+
+
+def test_demo_without_a_stack_says_how_to_start_it(cli_env: dict[str, str], tmp_path: Path) -> None:
+    res = run(cli_env, "demo", "--stack", str(tmp_path / "stack.json"))
+    assert res.returncode == 1
+    assert "stack/up.sh" in res.stderr
