@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 TEST_STACK := .stack/test
 DEMO_STACK := .stack/demo
 
-.PHONY: demo test lint format venv stack-install demo-stop clean
+.PHONY: demo test lint format venv stack-install demo-stop clean bench
 
 venv: $(VENV)/.installed
 
@@ -43,6 +43,10 @@ test: venv stack-install lint
 demo: venv stack-install
 	STACK_USERS_FILE=demo/mail-accounts.txt bash stack/up.sh $(DEMO_STACK)
 	$(BIN)/crmsync demo --stack $(DEMO_STACK)/stack.json --accounts demo/mail-accounts.txt
+
+# Benchmarks print ratios against a baseline measured in the same run (docs/performance.md).
+bench: venv
+	$(BIN)/python -m bench.import_bench
 
 demo-stop:
 	bash stack/down.sh $(DEMO_STACK)
