@@ -153,7 +153,7 @@ def test_second_add_needs_update_then_replaces(cli_env: dict[str, str], anna: st
     ("args", "fragment"),
     [
         (["--owner", "nobody", "--imap", "imap://h"], "no user or queue 'nobody'"),
-        (["--owner", "anna", "--imap", "pop3://h"], "scheme must be one of"),
+        (["--owner", "anna", "--imap", "pop3://h"], "scheme must be imap:// or imaps://"),
         (["--owner", "anna"], "give at least --imap"),
     ],
 )
@@ -301,3 +301,78 @@ def test_demo_without_a_stack_says_how_to_start_it(cli_env: dict[str, str], tmp_
     res = run(cli_env, "demo", "--stack", str(tmp_path / "stack.json"))
     assert res.returncode == 1
     assert "stack/up.sh" in res.stderr
+
+
+def test_approval_is_gated_by_privilege_and_audited(
+    cli_env: dict[str, str], engine: Engine, anna: str
+) -> None:
+    from crmsync.crm.base import Depth
+    from crmsync.crm.models import RolePrivilege, SecurityRole, UserRole
+
+    with session_scope(engine) as s:
+        admin_role = SecurityRole(name="Mailbox admin")
+        admin_role.privileges = [
+            RolePrivilege(privilege="approve_mailbox", depth=Depth.ORGANIZATION)
+        ]
+        s.add(admin_role)
+        bu = s.scalars(sa.select(BusinessUnit)).one()
+        sari = User(name="Sari Admin", username="sari", business_unit_id=bu.id)
+        s.add(sari)
+        s.flush()
+        s.add(UserRole(user_id=sari.id, role_id=admin_role.id))
+    env = cli_env | {"CRMSYNC_MAILBOX_PASSWORD": "p"}
+    assert run(env, "mailbox", "add", "--owner", anna, "--imap", "imap://h").returncode == 0
+
+    denied = run(env, "mailbox", "approve", anna, "--as", anna)
+    assert denied.returncode == 1
+    assert "approve_mailbox" in denied.stderr
+    assert len(denied.stderr.strip().splitlines()) == 1
+    assert json.loads(run(env, "mailbox", "show", anna, "--json").stdout)["approval"] == "pending"
+
+    ok = run(env, "mailbox", "approve", anna, "--as", "sari")
+    assert ok.returncode == 0, ok.stderr
+    assert json.loads(run(env, "mailbox", "show", anna, "--json").stdout)["approval"] == "approved"
+    assert run(env, "mailbox", "reject", anna).returncode == 0  # the CLI operator may
+
+    events = json.loads(run(env, "audit", "--action", "mailbox.*", "--json").stdout)
+    assert [(e["action"], e["actor"]) for e in events][:2] == [
+        ("mailbox.rejected", events[0]["actor"]),
+        ("mailbox.approved", "Sari Admin (sari)"),
+    ]
+    assert events[0]["actor"].startswith("cli:")
+
+
+def test_settings_are_validated_gated_and_audited(cli_env: dict[str, str], anna: str) -> None:
+    listed = json.loads(run(cli_env, "settings", "list", "--json").stdout)
+    assert listed["privacy_level"] == "everything"
+    bad = run(cli_env, "settings", "set", "privacy_level", "secret-ish")
+    assert bad.returncode == 1 and "metadata, subject, everything" in bad.stderr
+    denied = run(cli_env, "settings", "set", "privacy_level", "subject", "--as", anna)
+    assert denied.returncode == 1 and "manage_org_settings" in denied.stderr
+    assert run(cli_env, "settings", "set", "privacy_level", "subject").returncode == 0
+    assert (
+        json.loads(run(cli_env, "settings", "list", "--json").stdout)["privacy_level"] == "subject"
+    )
+    event = json.loads(run(cli_env, "audit", "--action", "settings.*", "--json").stdout)[0]
+    assert event["details"] == {"old": "everything", "new": "subject"}
+
+
+def test_mailbox_privacy_is_capped_by_the_organization(cli_env: dict[str, str], anna: str) -> None:
+    env = cli_env | {"CRMSYNC_MAILBOX_PASSWORD": "p"}
+    add = run(
+        env,
+        "mailbox",
+        "add",
+        "--owner",
+        anna,
+        "--imap",
+        "imap://h",
+        "--privacy",
+        "everything",
+        "--json",
+    )
+    assert add.returncode == 0, add.stderr
+    assert json.loads(add.stdout)["privacy"] == "everything"
+    assert run(env, "settings", "set", "privacy_level", "metadata").returncode == 0
+    shown = json.loads(run(env, "mailbox", "show", anna, "--json").stdout)
+    assert (shown["privacy_setting"], shown["privacy"]) == ("everything", "metadata")

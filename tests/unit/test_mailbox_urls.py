@@ -26,10 +26,12 @@ def test_empty_means_none() -> None:
 @pytest.mark.parametrize(
     ("kind", "url", "fragment"),
     [
-        ("imap", "pop3://mail.test", "scheme must be one of imap://, imaps://"),
+        ("imap", "pop3://mail.test", "scheme must be imap:// or imaps://"),
+        ("imap", "imap://mail.test/INBOX", "give only the server"),
         ("smtp", "smtp://", "names no host"),
         ("imap", "imap://mail.test:99999", "invalid port"),
         ("imap", "imap://anna:pw@mail.test", "must not contain a password"),
+        ("smtp", "smtp://anna:pw@mail.test", "must not contain a password"),
     ],
 )
 def test_rejected_urls_say_why(kind: str, url: str, fragment: str) -> None:

@@ -15,10 +15,13 @@ from urllib.parse import urlsplit
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
+from crmsync.core.privacy import PrivacyLevel, effective_level
+from crmsync.crm import audit
 from crmsync.crm.mailboxes import ApprovalStatus, Mailbox, MailboxState, SyncMethod
 from crmsync.crm.records import EmailAddress, Queue, Record, User, normalize_address
 from crmsync.crm.settings import get_setting
 from crmsync.errors import InvalidInput, NotFound
+from crmsync.mail.imap import ImapEndpoint
 from crmsync.secrets import Secret, SecretBox
 
 URL_SCHEMES = {
@@ -34,6 +37,10 @@ def validate_url(kind: str, url: str | None) -> str | None:
     if url is None or url.strip() == "":
         return None
     url = url.strip()
+    if kind == "imap":
+        # The adapter's own parser: what is accepted here is exactly what it can connect to.
+        ImapEndpoint.from_url(url)
+        return url
     parts = urlsplit(url)
     schemes = URL_SCHEMES[kind]
     if parts.scheme not in schemes:
@@ -133,10 +140,30 @@ class MailboxSpec:
     username: str | None = None
     email_address: str | None = None
     name: str | None = None
+    privacy_level: PrivacyLevel | None = None
+    """None: follow the organization's level."""
+
+
+AUDITED_FIELDS = (
+    "name",
+    "email_address",
+    "imap_url",
+    "smtp_url",
+    "caldav_url",
+    "carddav_url",
+    "username",
+    "privacy_level",
+)
 
 
 def add_mailbox(
-    session: Session, box: SecretBox, spec: MailboxSpec, password: Secret, *, update: bool = False
+    session: Session,
+    box: SecretBox,
+    spec: MailboxSpec,
+    password: Secret,
+    *,
+    actor: audit.Actor,
+    update: bool = False,
 ) -> tuple[Mailbox, bool]:
     """Create (or, with update=True, reconfigure) the owner's mailbox; returns (it, created)."""
     owner = find_owner(session, spec.owner)
@@ -162,6 +189,7 @@ def add_mailbox(
             f"{owner.name} already has mailbox {mailbox.email_address}; "
             "to change it run the same command with --update"
         )
+    before = {f: getattr(mailbox, f) for f in AUDITED_FIELDS} if mailbox is not None else {}
     if mailbox is None:
         approval_needed = get_setting(session, "process_email_only_for_approved_mailboxes")
         mailbox = Mailbox(
@@ -179,8 +207,20 @@ def add_mailbox(
     mailbox.outgoing_method = SyncMethod.SERVER_SYNC if smtp else SyncMethod.NONE
     mailbox.act_method = SyncMethod.SERVER_SYNC if (caldav or carddav) else SyncMethod.NONE
     mailbox.username = spec.username or address
+    mailbox.privacy_level = spec.privacy_level
     mailbox.credential = box.encrypt(password, bound_to=credential_binding(mailbox.id))
     session.flush()
+    changed = sorted(f for f in AUDITED_FIELDS if before.get(f) != getattr(mailbox, f))
+    audit.record(
+        session,
+        actor,
+        "mailbox.added" if created else "mailbox.updated",
+        target_type="mailbox",
+        target_id=mailbox.id,
+        target_name=mailbox.email_address,
+        changed_fields=changed,
+        credential_replaced=True,  # that it changed, never what it is
+    )
     return mailbox, created
 
 
@@ -192,7 +232,9 @@ def list_mailboxes(session: Session) -> list[Mailbox]:
     return list(session.scalars(sa.select(Mailbox).order_by(Mailbox.email_address)))
 
 
-def describe(mailbox: Mailbox, *, detail: bool = False) -> dict[str, Any]:
+def describe(
+    mailbox: Mailbox, *, org_privacy: PrivacyLevel, detail: bool = False
+) -> dict[str, Any]:
     """What a person (or script) may see of a mailbox. Never the credential itself."""
     owner = mailbox.owner
     out: dict[str, Any] = {
@@ -205,6 +247,7 @@ def describe(mailbox: Mailbox, *, detail: bool = False) -> dict[str, Any]:
         "incoming": mailbox.incoming_method.value,
         "outgoing": mailbox.outgoing_method.value,
         "act": mailbox.act_method.value,
+        "privacy": effective_level(org_privacy, mailbox.privacy_level).value,
         "last_sync": _iso(mailbox.last_sync_finished_at),
         "next_sync": _iso(mailbox.next_sync_at),
         "last_error": mailbox.last_error_message,
@@ -215,6 +258,7 @@ def describe(mailbox: Mailbox, *, detail: bool = False) -> dict[str, Any]:
                 "name": mailbox.name,
                 "username": mailbox.username,
                 "credential": "stored, encrypted" if mailbox.credential else "none",
+                "privacy_setting": mailbox.privacy_level.value if mailbox.privacy_level else "org",
                 "imap_url": mailbox.imap_url,
                 "smtp_url": mailbox.smtp_url,
                 "caldav_url": mailbox.caldav_url,
@@ -237,3 +281,22 @@ def describe(mailbox: Mailbox, *, detail: bool = False) -> dict[str, Any]:
 
 def _iso(value: Any) -> str | None:
     return value.isoformat() if value is not None else None
+
+
+def set_approval(
+    session: Session, mailbox: Mailbox, approved: bool, *, actor: audit.Actor
+) -> ApprovalStatus:
+    """Approve or reject a mailbox's email address (the caller has checked approve_mailbox)."""
+    old = mailbox.approval_status
+    mailbox.approval_status = ApprovalStatus.APPROVED if approved else ApprovalStatus.REJECTED
+    session.flush()
+    audit.record(
+        session,
+        actor,
+        "mailbox.approved" if approved else "mailbox.rejected",
+        target_type="mailbox",
+        target_id=mailbox.id,
+        target_name=mailbox.email_address,
+        previous=old.value,
+    )
+    return mailbox.approval_status

@@ -10,7 +10,7 @@ from sqlalchemy.engine import Engine
 
 from crmsync.admin.mailboxes import describe, list_mailboxes
 from crmsync.crm.records import Record
-from crmsync.crm.settings import get_setting
+from crmsync.crm.settings import get_setting, org_privacy_level
 from crmsync.db import current_revision, describe_url, head_revision, session_scope
 
 
@@ -22,7 +22,8 @@ def collect_status(engine: Engine, *, embedded: bool) -> dict[str, Any]:
                 sa.select(Record.record_type, sa.func.count()).group_by(Record.record_type)
             ).all()
         )
-        mailboxes = [describe(m) for m in list_mailboxes(session)]
+        org_privacy = org_privacy_level(session)
+        mailboxes = [describe(m, org_privacy=org_privacy) for m in list_mailboxes(session)]
         approval_required = get_setting(session, "process_email_only_for_approved_mailboxes")
     states = Counter(f"{m['state']}/{m['approval']}" for m in mailboxes)
     return {
@@ -37,6 +38,7 @@ def collect_status(engine: Engine, *, embedded: bool) -> dict[str, Any]:
             "total": len(mailboxes),
             "by_state": dict(sorted(states.items())),
             "approval_required": approval_required,
+            "org_privacy_level": org_privacy.value,
             "items": mailboxes,
         },
     }

@@ -8,9 +8,20 @@ from typing import Annotated
 
 import typer
 
-from crmsync.admin.mailboxes import MailboxSpec, add_mailbox, describe, find_mailbox, list_mailboxes
+from crmsync.admin.mailboxes import (
+    MailboxSpec,
+    add_mailbox,
+    describe,
+    find_mailbox,
+    list_mailboxes,
+    set_approval,
+)
+from crmsync.cli.acting import ActAs, acting_actor
 from crmsync.cli.context import Context
 from crmsync.cli.output import info, out, print_json, table
+from crmsync.core.privacy import PrivacyLevel
+from crmsync.crm.audit import Actor
+from crmsync.crm.settings import org_privacy_level
 from crmsync.db import session_scope
 from crmsync.errors import InvalidInput
 from crmsync.secrets import Secret
@@ -56,6 +67,13 @@ def add(
         str | None, typer.Option(help="Mailbox address (default: the owner's).")
     ] = None,
     name: Annotated[str | None, typer.Option(help="Display name (default: the owner's).")] = None,
+    privacy: Annotated[
+        PrivacyLevel | None,
+        typer.Option(
+            help="What crmsync may take from this mailbox's mail (default: the organization's "
+            "level, which is also the most it may take)."
+        ),
+    ] = None,
     password_env: Annotated[
         str, typer.Option(help="Environment variable holding the password.")
     ] = DEFAULT_PASSWORD_ENV,
@@ -75,12 +93,15 @@ def add(
         username=username,
         email_address=email,
         name=name,
+        privacy_level=privacy,
     )
     engine = ctx.engine()
     password = read_password(password_env)
     with session_scope(engine) as session:
-        mailbox, created = add_mailbox(session, ctx.secret_box, spec, password, update=update)
-        result = describe(mailbox, detail=True)
+        mailbox, created = add_mailbox(
+            session, ctx.secret_box, spec, password, actor=Actor.cli_operator(), update=update
+        )
+        result = describe(mailbox, org_privacy=org_privacy_level(session), detail=True)
     if json_out:
         print_json(result | {"created": created})
         return
@@ -96,7 +117,8 @@ def list_command(json_out: JsonOpt = False) -> None:
     """List every mailbox with its approval, state and last sync."""
     ctx = Context()
     with session_scope(ctx.engine()) as session:
-        rows = [describe(m) for m in list_mailboxes(session)]
+        org = org_privacy_level(session)
+        rows = [describe(m, org_privacy=org) for m in list_mailboxes(session)]
     if json_out:
         print_json(rows)
         return
@@ -146,8 +168,37 @@ def show(
     """Show one mailbox in full (never its password)."""
     ctx = Context()
     with session_scope(ctx.engine()) as session:
-        result = describe(find_mailbox(session, mailbox), detail=True)
+        found = find_mailbox(session, mailbox)
+        result = describe(found, org_privacy=org_privacy_level(session), detail=True)
     if json_out:
         print_json(result)
         return
     out.print(table(None, ["Field", "Value"], list(result.items())))
+
+
+def _approval(mailbox: str, as_user: str | None, approved: bool) -> None:
+    ctx = Context()
+    with session_scope(ctx.engine()) as session:
+        actor = acting_actor(session, as_user, privilege="approve_mailbox")
+        found = find_mailbox(session, mailbox)
+        status = set_approval(session, found, approved, actor=actor)
+        address = found.email_address
+    info(f"mailbox {address}: approval {status.value}")
+
+
+@app.command("approve")
+def approve(
+    mailbox: Annotated[str, typer.Argument(help="Mailbox id, address, or owner.")],
+    as_user: ActAs = None,
+) -> None:
+    """Approve a mailbox's email address, so its mail may be processed."""
+    _approval(mailbox, as_user, True)
+
+
+@app.command("reject")
+def reject(
+    mailbox: Annotated[str, typer.Argument(help="Mailbox id, address, or owner.")],
+    as_user: ActAs = None,
+) -> None:
+    """Reject a mailbox's email address: its mail is not processed."""
+    _approval(mailbox, as_user, False)

@@ -7,6 +7,8 @@ import typer
 
 from crmsync.cli.context import Context
 from crmsync.cli.output import info
+from crmsync.crm import audit
+from crmsync.crm.audit import Actor
 from crmsync.crm.mailboxes import EmailServerProfile, Mailbox
 from crmsync.db import session_scope
 from crmsync.secrets import new_key
@@ -31,4 +33,12 @@ def rotate() -> None:
             for row in session.scalars(sa.select(model).where(model.credential.is_not(None))):
                 row.credential = box.rotate(row.credential)
                 count += 1
+        audit.record(
+            session,
+            Actor.cli_operator(),
+            "secrets.rotated",
+            target_type="secrets",
+            target_name=box.origin,
+            rotated=count,
+        )
     info(f"re-encrypted {count} credential(s) with the newest key from {box.origin}")

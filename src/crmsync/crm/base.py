@@ -51,13 +51,15 @@ class StrEnum(enum.StrEnum):
         return [m.value for m in cls]
 
 
-def enum_column(enum_cls: type[StrEnum], name: str) -> sa.Enum:
+def enum_column(enum_cls: type[enum.StrEnum], name: str) -> sa.Enum:
+    """Any string enum (also the pure core's, which cannot use this module's StrEnum)."""
+    values = [m.value for m in enum_cls]
     return sa.Enum(
         enum_cls,
         name=name,
         native_enum=False,
         create_constraint=True,
-        length=max(len(v) for v in enum_cls.values()),
+        length=max(len(v) for v in values),
         values_callable=lambda e: [m.value for m in e],
         validate_strings=True,
     )

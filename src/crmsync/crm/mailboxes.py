@@ -10,6 +10,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
+from crmsync.core.privacy import PrivacyLevel
 from crmsync.crm.base import Base, StrEnum, created_at, enum_column, new_id, utcnow
 from crmsync.crm.records import Record
 
@@ -128,6 +129,11 @@ class Mailbox(Base):
     """Encrypted (crmsync.secrets), bound to this mailbox's id; never stored or shown in clear."""
     process_email_received_after: Mapped[datetime | None]
     """Bounds the first sync; defaults to the moment the mailbox was enabled."""
+    privacy_level: Mapped[PrivacyLevel | None] = mapped_column(
+        enum_column(PrivacyLevel, "privacy_level")
+    )
+    """How much of each message may be taken; empty follows the organization's level, which is
+    also a ceiling (crmsync.core.privacy.effective_level)."""
 
     incoming_status: Mapped[TestStatus] = mapped_column(
         enum_column(TestStatus, "incoming_status"), default=TestStatus.NOT_RUN

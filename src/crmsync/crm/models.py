@@ -8,6 +8,7 @@ from crmsync.crm.activities import (
     Email,
     Task,
 )
+from crmsync.crm.audit import AuditEvent
 from crmsync.crm.mailboxes import EmailServerProfile, Mailbox, MailboxFolder, OrgSetting
 from crmsync.crm.records import (
     Account,
@@ -34,6 +35,7 @@ from crmsync.crm.roles import (
     TeamRole,
     UserRole,
 )
+from crmsync.crm.tracking import TrackedMessage
 
 __all__ = [
     "Account",
@@ -41,6 +43,7 @@ __all__ = [
     "ActivityParty",
     "Appointment",
     "Attachment",
+    "AuditEvent",
     "BusinessUnit",
     "Case",
     "Contact",
@@ -65,6 +68,7 @@ __all__ = [
     "Team",
     "TeamMembership",
     "TeamRole",
+    "TrackedMessage",
     "User",
     "UserRole",
 ]

@@ -1,29 +1,101 @@
-"""Organization-wide settings: defaults in code, overrides in the ``org_setting`` table."""
+"""Organization-wide settings: defaults in code, overrides in the ``org_setting`` table.
+
+Each setting declares its type and allowed values, so a bad value is refused with a message that
+lists what is allowed, and the stored JSON is always of the declared type.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
+from crmsync.core.privacy import DEFAULT_ORG_LEVEL, PrivacyLevel
 from crmsync.crm.mailboxes import OrgSetting
 from crmsync.errors import InvalidInput
 
-DEFAULTS: dict[str, Any] = {
+
+@dataclass(frozen=True)
+class SettingSpec:
+    default: Any
+    help: str
+    parse: Callable[[str], Any]
+
+
+def _bool(text: str) -> bool:
+    word = text.strip().lower()
+    if word in ("true", "yes", "on", "1"):
+        return True
+    if word in ("false", "no", "off", "0"):
+        return False
+    raise ValueError("expected true or false")
+
+
+def _choice(values: list[str]) -> Callable[[str], str]:
+    def parse(text: str) -> str:
+        word = text.strip().lower()
+        if word not in values:
+            raise ValueError(f"expected one of {', '.join(values)}")
+        return word
+
+    return parse
+
+
+SETTINGS: dict[str, SettingSpec] = {
     # reference §1: "Process emails only for approved users/queues" is on by default
-    # (later issues add their settings here, each with the reference's default)
-    "process_email_only_for_approved_mailboxes": True,
+    "process_email_only_for_approved_mailboxes": SettingSpec(
+        True, "process email only for mailboxes whose address an administrator approved", _bool
+    ),
+    "privacy_level": SettingSpec(
+        DEFAULT_ORG_LEVEL.value,
+        "the most crmsync may take from any mailbox: metadata, subject or everything "
+        "(a mailbox may be set stricter, never looser)",
+        _choice([level.value for level in PrivacyLevel]),
+    ),
 }
+
+DEFAULTS = {key: spec.default for key, spec in SETTINGS.items()}
+
+
+def _spec(key: str) -> SettingSpec:
+    try:
+        return SETTINGS[key]
+    except KeyError:
+        raise InvalidInput(
+            f"unknown organization setting {key!r}; known: {', '.join(SETTINGS)}"
+        ) from None
 
 
 def get_setting(session: Session, key: str) -> Any:
-    if key not in DEFAULTS:
-        raise InvalidInput(f"unknown organization setting {key!r}; known: {', '.join(DEFAULTS)}")
+    spec = _spec(key)
     row = session.get(OrgSetting, key)
-    return DEFAULTS[key] if row is None else row.value
+    return spec.default if row is None else row.value
 
 
 def all_settings(session: Session) -> dict[str, Any]:
     stored = {r.key: r.value for r in session.scalars(sa.select(OrgSetting))}
-    return {k: stored.get(k, v) for k, v in DEFAULTS.items()}
+    return {k: stored.get(k, spec.default) for k, spec in SETTINGS.items()}
+
+
+def set_setting(session: Session, key: str, text: str) -> tuple[Any, Any]:
+    """Parse and store a value given as text; returns (old, new)."""
+    spec = _spec(key)
+    try:
+        value = spec.parse(text)
+    except ValueError as exc:
+        raise InvalidInput(f"{key}: {text!r} is not valid: {exc}") from None
+    old = get_setting(session, key)
+    row = session.get(OrgSetting, key)
+    if row is None:
+        session.add(OrgSetting(key=key, value=value))
+    else:
+        row.value = value
+    session.flush()
+    return old, value
+
+
+def org_privacy_level(session: Session) -> PrivacyLevel:
+    return PrivacyLevel(get_setting(session, "privacy_level"))

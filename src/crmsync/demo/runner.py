@@ -20,6 +20,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
 from crmsync.admin.mailboxes import MailboxSpec, add_mailbox
+from crmsync.crm.audit import Actor
 from crmsync.crm.records import Contact, EmailAddress, Lead, Record, User
 from crmsync.db import session_scope, upgrade_schema
 from crmsync.demo.sample_mail import Person, SampleMail, build_samples
@@ -114,6 +115,7 @@ def run_demo(
     result.import_errors = [str(e) for e in report.errors]
     say("demo CRM data imported")
 
+    actor = Actor(name="crmsync demo")
     logins: dict[str, str] = {}  # mailbox address -> IMAP login
     with session_scope(engine) as session:
         for user in session.scalars(sa.select(User).order_by(User.username)):
@@ -130,7 +132,7 @@ def run_demo(
                 carddav_url=dav,
                 username=login,
             )
-            add_mailbox(session, box, spec, accounts[login], update=True)
+            add_mailbox(session, box, spec, accounts[login], actor=actor, update=True)
             logins[address] = login
             result.mailboxes.append(address)
     if len(logins) < 2:

@@ -1,0 +1,544 @@
+"""One logged-in IMAP connection with a small typed surface over imapclient.
+
+    plan = fetch_plan(level)
+    with ImapSession(ImapEndpoint.from_url(url), "anna", secret, timeout=30) as imap:
+        state = imap.select("INBOX")                     # FolderState, read-only (EXAMINE)
+        new = imap.search_uids_since(cursor_uidnext - 1)
+        for batch in imap.iter_header_batches(new, plan):  # headers only, 500 UIDs a command
+            ...
+        raw = imap.fetch_message(uid, plan)              # PrivacyViolation unless plan allows
+
+A session is used by one thread at a time (imapclient is not thread-safe); run many sessions in a
+thread pool for many mailboxes. Every failure leaves as an ``ImapError`` (see ``errors``); once a
+connection is lost or timed out, the session refuses further commands and ``close`` only drops
+the socket, so a dead server cannot stall the caller twice.
+
+Privacy: the FETCH items are built here, from the ``FetchPlan``, and checked against a list of
+items that carry subject or body text before any command is sent. Whole messages are fetched only
+by ``fetch_message``, which refuses plans without ``full_message`` before touching the network.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import imaplib
+import re
+import socket
+import ssl
+from collections.abc import Iterable, Iterator
+from types import TracebackType
+from typing import Any, NoReturn
+
+from imapclient.exceptions import LoginError, ProtocolError
+
+from crmsync.core.privacy import FetchPlan
+from crmsync.mail.imap._client import ConnectingIMAPClient, SourceAddress
+from crmsync.mail.imap.endpoint import (
+    ImapEndpoint,
+    Security,
+    TransportDecision,
+    decide_transport,
+)
+from crmsync.mail.imap.errors import (
+    AuthenticationFailed,
+    CommandFailed,
+    ConnectionLost,
+    ConnectionTimedOut,
+    ImapError,
+    InsecureTransportRefused,
+    MailboxNotFound,
+    MessageNotFound,
+    MissingCapability,
+    PrivacyViolation,
+    ServerUnavailable,
+    TlsFailure,
+)
+from crmsync.mail.imap.fetch import (
+    FolderState,
+    HeaderFetch,
+    header_fetch_from_response,
+    header_fetch_items,
+    header_fields_for,
+    int_or_none,
+)
+from crmsync.secrets import Secret
+
+DEFAULT_TIMEOUT = 30.0
+DEFAULT_BATCH_SIZE = 500
+"""UIDs per FETCH: ~4 KB of command, ~0.5 MB of header response; no ``1:*`` ever."""
+LOGOUT_TIMEOUT = 5.0
+"""LOGOUT is a courtesy: a server that does not answer it quickly is simply disconnected."""
+
+# Response codes (RFC 5530) that mean "try again later" when a command is refused.
+TRANSIENT_CODES = frozenset({"UNAVAILABLE", "INUSE", "LIMIT", "SERVERBUG", "EXPUNGEISSUED"})
+_RESPONSE_CODE = re.compile(r"\[([A-Z][A-Z0-9-]*)")
+
+
+class ImapSession:
+    """A context manager: connects, secures (TLS/STARTTLS) and logs in on enter."""
+
+    def __init__(
+        self,
+        endpoint: ImapEndpoint | str,
+        username: str,
+        password: Secret,
+        *,
+        timeout: float = DEFAULT_TIMEOUT,
+        connect_timeout: float | None = None,
+        source_address: SourceAddress | None = None,
+        ssl_context: ssl.SSLContext | None = None,
+    ) -> None:
+        if not isinstance(password, Secret):
+            raise TypeError("password must be a crmsync.secrets.Secret")
+        self.endpoint = (
+            endpoint if isinstance(endpoint, ImapEndpoint) else ImapEndpoint.from_url(endpoint)
+        )
+        self.username = username
+        self._password = password
+        self.timeout = timeout
+        self.connect_timeout = timeout if connect_timeout is None else connect_timeout
+        self.source_address = source_address
+        # verifying by default (certificate chain and host name); tests pass their own CA
+        self._ssl_context = ssl_context or ssl.create_default_context()
+        self._client: ConnectingIMAPClient | None = None
+        self._broken = False
+        self._logged_in = False
+        self._capabilities: frozenset[str] = frozenset()
+        self._condstore = False
+        self.selected: FolderState | None = None
+
+    def __repr__(self) -> str:
+        return f"ImapSession({self.endpoint.url!r}, {self.username!r})"
+
+    # ------------------------------------------------------------------ lifecycle
+    def __enter__(self) -> ImapSession:
+        self.open()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def open(self) -> None:
+        """Connect, secure the connection, log in and enable CONDSTORE when offered.
+
+        The adapter does not log: the sync service logs with its own context (mailbox, job),
+        and nothing here can then leak message content into logs.
+        """
+        if self._client is not None:
+            return
+        self._logged_in = False
+        with self._translate("connecting"):
+            client = ConnectingIMAPClient(
+                self.endpoint.host,
+                self.endpoint.port,
+                implicit_tls=self.endpoint.security is Security.IMPLICIT_TLS,
+                ssl_context=self._ssl_context,
+                connect_timeout=self.connect_timeout,
+                read_timeout=self.timeout,
+                source_address=self.source_address,
+            )
+        self._client = client
+        self._broken = False
+        try:
+            self._secure(client)
+            self._login(client)
+            with self._translate("reading the server's capabilities"):
+                self._capabilities = frozenset(
+                    c.decode("ascii", "replace").upper() for c in client.capabilities()
+                )
+                if self.has("CONDSTORE") and self.has("ENABLE"):
+                    enabled = client.enable("CONDSTORE")
+                    self._condstore = b"CONDSTORE" in {e.upper() for e in enabled}
+        except BaseException:
+            self._drop()
+            raise
+
+    def _secure(self, client: ConnectingIMAPClient) -> None:
+        if self.endpoint.security is Security.IMPLICIT_TLS:
+            return
+        with self._translate("negotiating STARTTLS"):
+            offers = b"STARTTLS" in client.capabilities()
+            decision = decide_transport(offers_starttls=offers, peer_address=client.peer_address())
+            if decision is TransportDecision.STARTTLS:
+                client.starttls(self._ssl_context)
+                return
+        if decision is TransportDecision.REFUSE:
+            raise InsecureTransportRefused(
+                f"the IMAP server {self.endpoint.display} does not offer STARTTLS, and crmsync "
+                "sends passwords in clear text only to loopback addresses: use "
+                f"imaps://{self.endpoint.host} (port 993) or enable STARTTLS on the server"
+            )
+
+    def _login(self, client: ConnectingIMAPClient) -> None:
+        with self._translate("logging in"):
+            try:
+                client.login(self.username, self._password.reveal())
+            except LoginError as exc:
+                # "from None": nothing of the attempt is chained onto what callers see
+                raise self._login_error(exc) from None
+        self._logged_in = True
+
+    def _login_error(self, exc: LoginError) -> ImapError:
+        said = self._server_text(exc)
+        code = response_code(said)
+        where = f"the IMAP server {self.endpoint.display}"
+        if code in TRANSIENT_CODES:
+            return ServerUnavailable(
+                f"{where} could not check the login of {self.username} right now "
+                f"(server said: {said}); crmsync will retry"
+            )
+        if code == "PRIVACYREQUIRED":
+            return TlsFailure(
+                f"{where} accepts the login of {self.username} only over TLS "
+                f"(server said: {said}): use imaps://{self.endpoint.host}"
+            )
+        return AuthenticationFailed(
+            f"{where} refused the login of {self.username}: check the mailbox password "
+            f"(crmsync mailbox add --update) (server said: {said})"
+        )
+
+    def close(self) -> None:
+        """Log out politely if the connection is healthy; never raises, never waits long."""
+        client, self._client = self._client, None
+        self.selected = None
+        if client is None:
+            return
+        if not self._broken:
+            with contextlib.suppress(Exception):
+                client.set_socket_timeout(min(self.timeout, LOGOUT_TIMEOUT))
+                client.logout()
+                return
+        with contextlib.suppress(Exception):
+            client.shutdown()
+
+    def _drop(self) -> None:
+        self._broken = True
+        self.close()
+
+    # ------------------------------------------------------------------ capabilities
+    @property
+    def capabilities(self) -> frozenset[str]:
+        """Upper-cased capability names after login (``QRESYNC``, ``AUTH=PLAIN``...)."""
+        return self._capabilities
+
+    @property
+    def condstore_enabled(self) -> bool:
+        return self._condstore
+
+    def has(self, capability: str) -> bool:
+        return capability.upper() in self._capabilities
+
+    def require(self, capability: str, needed_for: str) -> None:
+        """Raise ``MissingCapability`` unless the server has CAPABILITY."""
+        if not self.has(capability):
+            raise MissingCapability(
+                f"the IMAP server {self.endpoint.display} does not support {capability.upper()}, "
+                f"which crmsync needs to {needed_for}",
+                capability=capability.upper(),
+            )
+
+    # ------------------------------------------------------------------ folders
+    def select(self, folder: str, *, readonly: bool = True) -> FolderState:
+        """Open FOLDER (EXAMINE when read-only) and return its cursor values."""
+        client = self._live()
+        self.selected = None
+        with self._translate(f"opening the folder {folder!r}"):
+            try:
+                response = client.select_folder(folder, readonly=readonly)
+            except imaplib.IMAP4.abort:
+                raise
+            except imaplib.IMAP4.error as exc:
+                self._raise_if_missing(client, folder, exc)
+                raise
+            state = FolderState(
+                folder=folder,
+                uidvalidity=self._required_int(response, b"UIDVALIDITY", folder),
+                uidnext=int_or_none(response.get(b"UIDNEXT"))
+                or self._status_int(client, folder, "UIDNEXT"),
+                highestmodseq=int_or_none(response.get(b"HIGHESTMODSEQ")),
+                exists=int_or_none(response.get(b"EXISTS")) or 0,
+            )
+        self.selected = state
+        return state
+
+    def status(self, folder: str) -> FolderState:
+        """The cursor values of FOLDER without selecting it (cheap poll: one STATUS command)."""
+        client = self._live()
+        what = ["MESSAGES", "UIDNEXT", "UIDVALIDITY"]
+        if self.has("CONDSTORE"):
+            what.append("HIGHESTMODSEQ")
+        with self._translate(f"asking the status of the folder {folder!r}"):
+            try:
+                response = client.folder_status(folder, what)
+            except imaplib.IMAP4.abort:
+                raise
+            except imaplib.IMAP4.error as exc:
+                self._raise_if_missing(client, folder, exc)
+                raise
+        return FolderState(
+            folder=folder,
+            uidvalidity=self._required_int(response, b"UIDVALIDITY", folder),
+            uidnext=self._required_int(response, b"UIDNEXT", folder),
+            highestmodseq=int_or_none(response.get(b"HIGHESTMODSEQ")),
+            exists=int_or_none(response.get(b"MESSAGES")) or 0,
+        )
+
+    def _raise_if_missing(
+        self, client: ConnectingIMAPClient, folder: str, exc: imaplib.IMAP4.error
+    ) -> None:
+        """Dovecot answers a missing folder with a bare NO (no [NONEXISTENT]): ask LIST."""
+        said = self._server_text(exc)
+        missing = response_code(said) == "NONEXISTENT"
+        if not missing:
+            try:
+                listed = client.list_folders("", folder)
+            except imaplib.IMAP4.abort:
+                raise
+            except imaplib.IMAP4.error:
+                listed = None  # cannot tell: report the original failure
+            missing = listed is not None and not any(
+                _same_folder(name, folder) and b"\\NONEXISTENT" not in {f.upper() for f in flags}
+                for flags, _delimiter, name in listed
+            )
+        if missing:
+            raise MailboxNotFound(
+                f"the folder {folder!r} does not exist in the mailbox of {self.username} on "
+                f"{self.endpoint.display}: check the folder name in the mailbox settings "
+                f"(server said: {said})"
+            ) from None
+
+    def _status_int(self, client: ConnectingIMAPClient, folder: str, item: str) -> int:
+        # RFC 3501 requires UIDNEXT in the SELECT answer; a few servers leave it out
+        response = client.folder_status(folder, [item])
+        return self._required_int(response, item.encode(), folder)
+
+    def _required_int(self, response: dict[bytes, Any], key: bytes, folder: str) -> int:
+        value = int_or_none(response.get(key))
+        if value is None:
+            raise CommandFailed(
+                f"the IMAP server {self.endpoint.display} did not report {key.decode()} for the "
+                f"folder {folder!r}; crmsync cannot track changes without it",
+                transient=False,
+            )
+        return value
+
+    # ------------------------------------------------------------------ searching
+    def search_uids_since(self, after_uid: int) -> list[int]:
+        """UIDs greater than AFTER_UID in the selected folder, ascending (``UID n+1:*``)."""
+        if after_uid < 0:
+            raise ValueError("after_uid must be >= 0")
+        client = self._live_selected()
+        with self._translate("searching for new messages"):
+            found = client.search(["UID", f"{after_uid + 1}:*"])
+        # "n:*" always matches the last message, even when its UID is below n
+        return sorted(uid for uid in found if uid > after_uid)
+
+    # ------------------------------------------------------------------ fetching
+    def fetch_headers(
+        self, uids: Iterable[int], plan: FetchPlan, *, batch_size: int = DEFAULT_BATCH_SIZE
+    ) -> list[HeaderFetch]:
+        """Metadata and the plan's header fields of UIDS, ascending by UID.
+
+        UIDs that no longer exist (expunged meanwhile) are missing from the result.
+        """
+        batches = self.iter_header_batches(uids, plan, batch_size=batch_size)
+        return [fetched for batch in batches for fetched in batch]
+
+    def iter_header_batches(
+        self, uids: Iterable[int], plan: FetchPlan, *, batch_size: int = DEFAULT_BATCH_SIZE
+    ) -> Iterator[list[HeaderFetch]]:
+        """Like ``fetch_headers``, one list per FETCH command (commit per batch if you like)."""
+        if batch_size < 1:
+            raise ValueError("batch_size must be >= 1")
+        wanted = sorted({_valid_uid(uid) for uid in uids})
+        fields = header_fields_for(plan)
+        client = self._live_selected()
+        items = header_fetch_items(plan, with_modseq=self._condstore)
+        for start in range(0, len(wanted), batch_size):
+            chunk = wanted[start : start + batch_size]
+            with self._translate(f"fetching the headers of {len(chunk)} messages"):
+                response = client.fetch(chunk, items)
+            yield [
+                header_fetch_from_response(uid, response[uid], fields, include_subject=plan.subject)
+                for uid in chunk
+                if uid in response
+            ]
+
+    def fetch_message(self, uid: int, plan: FetchPlan) -> bytes:
+        """The whole message (``BODY.PEEK[]``: the \\Seen flag is left alone).
+
+        Raises ``PrivacyViolation`` before anything is sent when the plan forbids whole messages.
+        """
+        if not plan.full_message:
+            raise PrivacyViolation(
+                "fetch_message was called with a fetch plan that forbids whole messages "
+                "(privacy level metadata or subject): only headers may be fetched for this "
+                "mailbox; this is a bug in the caller"
+            )
+        uid = _valid_uid(uid)
+        client = self._live_selected()
+        with self._translate(f"fetching message {uid}"):
+            response = client.fetch([uid], ["BODY.PEEK[]"])
+        data = response.get(uid, {}).get(b"BODY[]")
+        if data is None:
+            raise MessageNotFound(
+                f"message {uid} is no longer in the folder {self._folder_name()!r} of "
+                f"{self.username} on {self.endpoint.display} (deleted or moved meanwhile)"
+            )
+        return bytes(data)
+
+    # ------------------------------------------------------------------ internals
+    def _live(self) -> ConnectingIMAPClient:
+        if self._client is None:
+            if self._broken:
+                raise ConnectionLost(
+                    f"the connection to the IMAP server {self.endpoint.display} was lost "
+                    "earlier; open a new session"
+                )
+            raise RuntimeError("the IMAP session is not open: use it as a context manager")
+        return self._client
+
+    def _live_selected(self) -> ConnectingIMAPClient:
+        client = self._live()
+        if self.selected is None:
+            raise RuntimeError("no folder is selected: call select() first")
+        return client
+
+    def _folder_name(self) -> str:
+        return self.selected.folder if self.selected else ""
+
+    def _server_text(self, exc: BaseException) -> str:
+        """The server's words from an imaplib/imapclient error, bounded and password-free."""
+        text = str(exc)
+        # imaplib/imapclient prefixes: "select failed: ", "command: SELECT => "
+        text = re.sub(r"^(\w+ failed: |command: \w+ => )+", "", text)
+        text = re.sub(r"""\bb(['"])(.*?)\1""", r"\2", text)  # bytes reprs: b'...' -> ...
+        text = re.sub(r"\s*\(\d+\.\d+( \+ \d+\.\d+)* secs\)", "", text)  # Dovecot timings
+        text = "".join(ch if ch.isprintable() else " " for ch in text).strip()[:300]
+        return self._scrub(text) or "nothing"
+
+    def _scrub(self, text: str) -> str:
+        secret = self._password.reveal()
+        if len(secret) >= 4 and secret in text:
+            text = text.replace(secret, "***")
+        return text
+
+    @contextlib.contextmanager
+    def _translate(self, action: str) -> Iterator[None]:
+        """Turn socket, TLS and imaplib exceptions into ``ImapError`` kinds."""
+        try:
+            yield
+        except (ImapError, PrivacyViolation):
+            raise
+        except Exception as exc:
+            self._fail(action, exc)
+
+    def _fail(self, action: str, exc: Exception) -> NoReturn:
+        where = f"the IMAP server {self.endpoint.display}"
+        lost = (ssl.SSLEOFError, ssl.SSLZeroReturnError, ssl.SSLSyscallError)
+        if isinstance(exc, ssl.SSLCertVerificationError):
+            self._drop()
+            raise TlsFailure(
+                f"the certificate of {where} is not trusted ({exc.verify_message}): check the "
+                "host name in the mailbox URL, or install the CA that signed the server's "
+                "certificate"
+            ) from exc
+        if isinstance(exc, ssl.SSLError) and not (self._logged_in and isinstance(exc, lost)):
+            self._drop()
+            kind = "TLS (imaps://)" if self.endpoint.security is Security.IMPLICIT_TLS else "TLS"
+            raise TlsFailure(
+                f"{kind} with {where} failed while {action} ({exc.reason or exc}): check that "
+                "the port and the scheme of the mailbox URL match the server"
+            ) from exc
+        if isinstance(exc, TimeoutError):
+            self._drop()
+            raise ConnectionTimedOut(
+                f"{where} did not answer within {self._timeout_for(action):g} s while {action}; "
+                "crmsync will retry"
+            ) from exc
+        if isinstance(exc, ConnectionRefusedError):
+            self._drop()
+            raise ServerUnavailable(
+                f"{where} refused the connection: the server is down or the port is wrong; "
+                "crmsync will retry"
+            ) from exc
+        if isinstance(exc, socket.gaierror):
+            self._drop()
+            raise ServerUnavailable(
+                f"the host name {self.endpoint.host!r} cannot be resolved ({exc.strerror}): "
+                "check the mailbox URL; crmsync will retry"
+            ) from exc
+        if isinstance(exc, ConnectionError | EOFError | ssl.SSLError):
+            self._drop()
+            raise ConnectionLost(
+                f"the connection to {where} was lost while {action} "
+                f"({self._scrub(str(exc)) or type(exc).__name__}); crmsync will retry"
+            ) from exc
+        if isinstance(exc, OSError):
+            self._drop()
+            raise ServerUnavailable(
+                f"{where} cannot be reached while {action} ({exc.strerror or exc}); "
+                "crmsync will retry"
+            ) from exc
+        if isinstance(exc, imaplib.IMAP4.abort):
+            self._drop()
+            said = self._server_text(exc)
+            if "timed out" in said:
+                raise ConnectionTimedOut(
+                    f"{where} did not answer within {self.timeout:g} s while {action}; "
+                    "crmsync will retry"
+                ) from exc
+            raise ConnectionLost(
+                f"the connection to {where} was lost while {action} ({said}); crmsync will retry"
+            ) from exc
+        if isinstance(exc, ProtocolError):
+            # the reply could not be parsed: where the next reply starts is unknown, so the
+            # connection cannot be trusted any more; a new session may well succeed
+            self._drop()
+            raise CommandFailed(
+                f"{where} sent a reply crmsync cannot parse while {action} "
+                f"({self._server_text(exc)}); crmsync will retry",
+                transient=True,
+            ) from exc
+        if isinstance(exc, imaplib.IMAP4.error):
+            said = self._server_text(exc)
+            if not self._logged_in and self._client is None:
+                # refused at the greeting (e.g. "* BYE too many connections")
+                self._drop()
+                raise ServerUnavailable(
+                    f"{where} turned the connection away ({said}); crmsync will retry"
+                ) from exc
+            code = response_code(said)
+            # imaplib words a BAD answer "<COMMAND> command error: BAD [...]"
+            bad = "command error: BAD" in str(exc)
+            raise CommandFailed(
+                f"{where} refused {action} for {self.username} (server said: {said})",
+                transient=(code in TRANSIENT_CODES) or (code is None and not bad),
+            ) from exc
+        raise exc
+
+    def _timeout_for(self, action: str) -> float:
+        return self.connect_timeout if action == "connecting" else self.timeout
+
+
+def response_code(text: str) -> str | None:
+    """The RFC 5530 response code in a server answer (``[AUTHENTICATIONFAILED] ...``)."""
+    found = _RESPONSE_CODE.search(text)
+    return found.group(1) if found else None
+
+
+def _same_folder(listed: str, wanted: str) -> bool:
+    if listed.upper() == "INBOX" and wanted.upper() == "INBOX":
+        return True  # INBOX is case-insensitive (RFC 3501 5.1)
+    return listed == wanted
+
+
+def _valid_uid(uid: int) -> int:
+    if isinstance(uid, bool) or not isinstance(uid, int) or not 0 < uid < 2**32:
+        raise ValueError(f"not an IMAP UID: {uid!r}")
+    return uid
