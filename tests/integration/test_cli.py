@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -14,33 +11,20 @@ from sqlalchemy.engine import Engine
 
 from crmsync.crm.models import BusinessUnit, User
 from crmsync.db import session_scope
+from tests.clirun import clean_env, run
 
 pytestmark = pytest.mark.integration
 
 PASSWORD = "Kesä-salasana-7f3a9"
 
 
-def run(env: dict[str, str], *args: str, input: str | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "crmsync", *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        input=input,
-        timeout=120,
-        check=False,
-    )
-
-
 @pytest.fixture
 def cli_env(database_url: str, tmp_path: Path) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CRMSYNC_")}
-    env.update(
+    return clean_env(
         CRMSYNC_DATABASE_URL=database_url,
         CRMSYNC_HOME=str(tmp_path / "home"),
         CRMSYNC_LOG_LEVEL="debug",
     )
-    return env
 
 
 @pytest.fixture
@@ -75,7 +59,7 @@ def test_every_command_has_help() -> None:
         ["import", "--help"],
         ["demo", "--help"],
     ):
-        res = run(dict(os.environ), *args)
+        res = run(clean_env(), *args)
         assert res.returncode == 0, (args, res.stderr)
         assert "Usage" in res.stdout
 
@@ -177,8 +161,7 @@ def test_commands_refuse_a_database_without_schema(tmp_path: Path, pg_admin_url:
         conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
     try:
         url = make_url(pg_admin_url).set(database=name).render_as_string(hide_password=False)
-        env = {k: v for k, v in os.environ.items() if not k.startswith("CRMSYNC_")}
-        env |= {"CRMSYNC_DATABASE_URL": url, "CRMSYNC_HOME": str(tmp_path)}
+        env = clean_env(CRMSYNC_DATABASE_URL=url, CRMSYNC_HOME=str(tmp_path))
         res = run(env, "status")
         assert res.returncode == 1
         assert "run: crmsync init" in res.stderr
@@ -340,6 +323,27 @@ def test_approval_is_gated_by_privilege_and_audited(
         ("mailbox.approved", "Sari Admin (sari)"),
     ]
     assert events[0]["actor"].startswith("cli:")
+
+
+def test_org_settings_need_the_privilege_at_organization_depth(
+    cli_env: dict[str, str], engine: Engine, anna: str
+) -> None:
+    from crmsync.crm.base import Depth
+    from crmsync.crm.models import RolePrivilege, SecurityRole, UserRole
+
+    with session_scope(engine) as s:
+        role = SecurityRole(name="Local settings")
+        role.privileges = [RolePrivilege(privilege="manage_org_settings", depth=Depth.USER)]
+        s.add(role)
+        s.flush()
+        anna_user = s.scalars(sa.select(User).where(User.username == anna)).one()
+        s.add(UserRole(user_id=anna_user.id, role_id=role.id))
+    res = run(cli_env, "settings", "set", "privacy_level", "metadata", "--as", anna)
+    assert res.returncode == 1
+    assert "needs depth organization" in res.stderr
+    assert json.loads(run(cli_env, "settings", "list", "--json").stdout)["privacy_level"] == (
+        "everything"
+    )
 
 
 def test_settings_are_validated_gated_and_audited(cli_env: dict[str, str], anna: str) -> None:

@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -19,22 +16,12 @@ from crmsync.crm.models import BusinessUnit, User
 from crmsync.db import session_scope
 from crmsync.errors import SecretError
 from crmsync.secrets import Secret, SecretBox, new_key
+from tests.clirun import clean_env, run
 
 pytestmark = pytest.mark.integration
 
 PASSWORD = "Tähti-salasana-51c9e"
 PROFILE_PASSWORD = "profiili-salasana-0b7d"
-
-
-def run(env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "crmsync", *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
 
 
 def box(*keys: str) -> SecretBox:
@@ -51,7 +38,7 @@ def env(database_url: str, tmp_path: Path, engine: Engine) -> dict[str, str]:
             u = User(name=name.title(), username=name, business_unit_id=bu.id)
             u.set_email(f"{name}@example.test")
             s.add(u)
-    base = {k: v for k, v in os.environ.items() if not k.startswith("CRMSYNC_")}
+    base = clean_env()
     return base | {
         "CRMSYNC_DATABASE_URL": database_url,
         "CRMSYNC_HOME": str(tmp_path),

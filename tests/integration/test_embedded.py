@@ -3,30 +3,18 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
+from tests.clirun import clean_env, run
+
 pytestmark = pytest.mark.integration
-
-
-def run(env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "crmsync", *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=180,
-        check=False,
-    )
 
 
 def test_newcomer_needs_no_database_server(tmp_path: Path) -> None:
     home = tmp_path / "crmsync-home"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CRMSYNC_")}
+    env = clean_env()
     env["CRMSYNC_HOME"] = str(home)
     try:
         init = run(env, "init", "--json")

@@ -8,6 +8,7 @@ denial names the missing privilege, and the audit log records the user.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Annotated
 
 import typer
@@ -16,7 +17,10 @@ from sqlalchemy.orm import Session
 from crmsync.admin.mailboxes import find_owner
 from crmsync.crm.audit import Actor
 from crmsync.crm.records import User
+from crmsync.crm.security import Decision, Principal, load_principal
 from crmsync.errors import InvalidInput
+
+Gate = Callable[[Principal], Decision]
 
 ActAs = Annotated[
     str | None,
@@ -31,13 +35,13 @@ def acting_user(session: Session, as_user: str) -> User:
     return owner
 
 
-def acting_actor(session: Session, as_user: str | None, *, privilege: str | None = None) -> Actor:
-    """The actor for the audit log, after checking ``privilege`` when acting as a user."""
+def acting_actor(session: Session, as_user: str | None, *, gate: Gate) -> Actor:
+    """The actor for the audit log, after the security gate allowed it when acting as a user.
+
+    ``gate`` is one of crmsync.crm.security's ``may_*`` checks, so the CLI asks exactly what
+    every other face asks (including the depth a privilege needs)."""
     if as_user is None:
         return Actor.cli_operator()
-    from crmsync.crm.security import load_principal, require
-
     user = acting_user(session, as_user)
-    if privilege is not None:
-        require(load_principal(session, user.id), privilege)
+    gate(load_principal(session, user.id)).or_raise()
     return Actor(name=f"{user.name} ({user.username})", user_id=user.id)

@@ -7,6 +7,7 @@ import sys
 from typing import Annotated
 
 import typer
+from rich.table import Table
 
 from crmsync.admin.mailboxes import (
     MailboxSpec,
@@ -21,6 +22,7 @@ from crmsync.cli.context import Context
 from crmsync.cli.output import info, out, print_json, table
 from crmsync.core.privacy import PrivacyLevel
 from crmsync.crm.audit import Actor
+from crmsync.crm.security import may_approve_mailbox
 from crmsync.crm.settings import org_privacy_level
 from crmsync.db import session_scope
 from crmsync.errors import InvalidInput
@@ -130,7 +132,7 @@ def list_command(json_out: JsonOpt = False) -> None:
     out.print(mailbox_table(rows))
 
 
-def mailbox_table(rows: list[dict]) -> object:
+def mailbox_table(rows: list[dict]) -> Table:
     return table(
         None,
         ["Mailbox", "Owner", "Approval", "State", "Syncs", "Last sync", "Next sync", "Last error"],
@@ -179,7 +181,7 @@ def show(
 def _approval(mailbox: str, as_user: str | None, approved: bool) -> None:
     ctx = Context()
     with session_scope(ctx.engine()) as session:
-        actor = acting_actor(session, as_user, privilege="approve_mailbox")
+        actor = acting_actor(session, as_user, gate=may_approve_mailbox)
         found = find_mailbox(session, mailbox)
         status = set_approval(session, found, approved, actor=actor)
         address = found.email_address

@@ -10,6 +10,7 @@ from crmsync.cli.acting import ActAs, acting_actor
 from crmsync.cli.context import Context
 from crmsync.cli.output import info, out, print_json, table
 from crmsync.crm import audit
+from crmsync.crm.security import may_manage_org_settings
 from crmsync.crm.settings import SETTINGS, all_settings, set_setting
 from crmsync.db import session_scope
 
@@ -40,7 +41,7 @@ def set_command(
     """Change a setting (needs the manage_org_settings privilege when acting --as a user)."""
     ctx = Context()
     with session_scope(ctx.engine()) as session:
-        actor = acting_actor(session, as_user, privilege="manage_org_settings")
+        actor = acting_actor(session, as_user, gate=may_manage_org_settings)
         old, new = set_setting(session, key, value)
         audit.record(
             session,
