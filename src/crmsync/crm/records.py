@@ -16,6 +16,7 @@ from decimal import Decimal
 import sqlalchemy as sa
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
+from crmsync.core.addresses import normalize_address as canonical_address
 from crmsync.crm.base import (
     Base,
     IncomingEmailFilter,
@@ -26,6 +27,7 @@ from crmsync.crm.base import (
     new_id,
     utcnow,
 )
+from crmsync.errors import InvalidInput
 
 
 class Record(Base):
@@ -91,7 +93,9 @@ class Record(Base):
             if existing is not None:
                 self.email_addresses.remove(existing)
             return
-        normalized = normalize_address(address)
+        normalized = canonical_address(address)
+        if normalized is None:
+            raise InvalidInput(f"{address!r} is not an email address")
         if existing is not None:
             existing.address = normalized
         else:
@@ -99,7 +103,12 @@ class Record(Base):
 
 
 def normalize_address(address: str) -> str:
-    return address.strip().lower()
+    """The one canonical form crmsync stores and compares addresses in (core.addresses: lower
+    case, display name dropped, IDNA domains decoded so punycode and Unicode forms match).
+
+    Text that does not parse as one address (a username given where an address may be) comes
+    back trimmed and lower-cased, so look-ups by "username or address" still work."""
+    return canonical_address(address) or address.strip().lower()
 
 
 class EmailAddress(Base):

@@ -13,6 +13,7 @@ from datetime import date
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
+from crmsync.core.addresses import normalize_address as canonical_address
 from crmsync.crm.base import Depth
 from crmsync.crm.privileges import (
     MISC_PRIVILEGES,
@@ -144,9 +145,11 @@ def parse_choice(raw: Any, choices: tuple[str, ...], what: str) -> str:
 
 def parse_email(raw: Any) -> str:
     text = parse_text(raw)
-    if len(text) > EMAIL_MAX or not EMAIL_FORM.match(text):
+    canonical = canonical_address(text) if EMAIL_FORM.match(text) else None
+    if len(text) > EMAIL_MAX or canonical is None:
         raise ValueProblem(f"{show(raw)} is not an email address")
-    return text.lower()
+    # The form Record.set_email stores, so re-importing the same file compares equal.
+    return canonical
 
 
 @dataclass(frozen=True)
