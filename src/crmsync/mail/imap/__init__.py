@@ -3,6 +3,7 @@
 Everything a sync service needs is importable from here; the submodules hold the details.
 """
 
+from crmsync.mail.imap.delta import Cursor, Delta, changes_since
 from crmsync.mail.imap.endpoint import (
     ImapEndpoint,
     Security,
@@ -36,6 +37,8 @@ __all__ = [
     "CommandFailed",
     "ConnectionLost",
     "ConnectionTimedOut",
+    "Cursor",
+    "Delta",
     "FolderState",
     "HeaderFetch",
     "ImapEndpoint",
@@ -51,6 +54,7 @@ __all__ = [
     "ServerUnavailable",
     "TlsFailure",
     "TransportDecision",
+    "changes_since",
     "decide_transport",
     "header_fetch_items",
     "is_loopback_address",

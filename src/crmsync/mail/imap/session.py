@@ -26,10 +26,12 @@ import re
 import socket
 import ssl
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, NoReturn
 
 from imapclient.exceptions import LoginError, ProtocolError
+from imapclient.response_parser import parse_fetch_response
 
 from crmsync.core.privacy import FetchPlan
 from crmsync.mail.imap._client import ConnectingIMAPClient, SourceAddress
@@ -87,6 +89,7 @@ class ImapSession:
         connect_timeout: float | None = None,
         source_address: SourceAddress | None = None,
         ssl_context: ssl.SSLContext | None = None,
+        enable_condstore: bool = True,
     ) -> None:
         if not isinstance(password, Secret):
             raise TypeError("password must be a crmsync.secrets.Secret")
@@ -105,6 +108,10 @@ class ImapSession:
         self._logged_in = False
         self._capabilities: frozenset[str] = frozenset()
         self._condstore = False
+        # False keeps the session free of mod-sequences (tests of the UID-diff sync path, and
+        # servers whose CONDSTORE is known to be broken)
+        self._want_condstore = enable_condstore
+        self._qresync = False
         self.selected: FolderState | None = None
 
     def __repr__(self) -> str:
@@ -151,7 +158,8 @@ class ImapSession:
                 self._capabilities = frozenset(
                     c.decode("ascii", "replace").upper() for c in client.capabilities()
                 )
-                if self.has("CONDSTORE") and self.has("ENABLE"):
+                self._qresync = False
+                if self._want_condstore and self.has("CONDSTORE") and self.has("ENABLE"):
                     enabled = client.enable("CONDSTORE")
                     self._condstore = b"CONDSTORE" in {e.upper() for e in enabled}
         except BaseException:
@@ -266,11 +274,19 @@ class ImapSession:
         self.selected = state
         return state
 
-    def status(self, folder: str) -> FolderState:
-        """The cursor values of FOLDER without selecting it (cheap poll: one STATUS command)."""
+    def status(self, folder: str, *, modseq: bool | None = None) -> FolderState:
+        """The cursor values of FOLDER without selecting it (cheap poll: one STATUS command).
+
+        MODSEQ (default: when the server has CONDSTORE and the session did not opt out) asks for
+        HIGHESTMODSEQ too; asking for it enables CONDSTORE implicitly (RFC 7162 3.1).
+        On the folder this session has selected, Dovecot answers from the session's own view,
+        which is stale ("[CLIENTBUG]"): ``unselect()`` first for fresh values.
+        """
         client = self._live()
         what = ["MESSAGES", "UIDNEXT", "UIDVALIDITY"]
-        if self.has("CONDSTORE"):
+        if modseq is None:
+            modseq = self._want_condstore and self.has("CONDSTORE")
+        if modseq:
             what.append("HIGHESTMODSEQ")
         with self._translate(f"asking the status of the folder {folder!r}"):
             try:
@@ -326,6 +342,157 @@ class ImapSession:
                 transient=False,
             )
         return value
+
+    # ------------------------------------------------------------------ incremental sync
+    # The building blocks of ``delta.changes_since``: each sends one command (enable_qresync
+    # says how many it sent), so the caller can count round trips.
+    @property
+    def qresync_enabled(self) -> bool:
+        return self._qresync
+
+    def enable_qresync(self) -> int:
+        """``ENABLE QRESYNC`` once per connection; returns the number of commands sent (0-2).
+
+        ENABLE is legal only with no folder selected (RFC 5161), so a selected folder is
+        unselected first (without UNSELECT support QRESYNC stays off). Check
+        ``qresync_enabled`` afterwards: the server may have refused.
+        """
+        if self._qresync or not (self.has("QRESYNC") and self.has("ENABLE")):
+            return 0
+        client = self._live()
+        sent = 0
+        if client._imap.state == "SELECTED":
+            if not self.unselect():
+                return 0  # (CLOSE could expunge a read-write folder: rather no QRESYNC)
+            sent += 1
+        with self._translate("enabling QRESYNC"):
+            sent += 1
+            enabled = {e.upper() for e in client.enable("QRESYNC")}
+        self._qresync = b"QRESYNC" in enabled
+        # QRESYNC implies CONDSTORE (RFC 7162 3.2.3)
+        self._condstore = self._condstore or self._qresync
+        return sent
+
+    def unselect(self) -> bool:
+        """``UNSELECT`` (one command): leave the folder without expunging anything.
+
+        False, with nothing sent, when no folder is selected or the server lacks UNSELECT.
+        """
+        client = self._live()
+        if client._imap.state != "SELECTED" or not self.has("UNSELECT"):
+            return False
+        with self._translate("leaving the folder"):
+            self.selected = None
+            client.unselect_folder()
+        return True
+
+    def select_qresync(
+        self, folder: str, *, uidvalidity: int, modseq: int, known_uids: str | None = None
+    ) -> QresyncSelect:
+        """``EXAMINE folder (QRESYNC (uidvalidity modseq [known_uids]))``: one command.
+
+        imapclient cannot send SELECT parameters, so the command goes through its raw command
+        path and the untagged answers (``VANISHED (EARLIER)``, ``FETCH``, the ``OK [...]`` codes)
+        are read from imaplib's buffer, which is cleared first so only this command's answers
+        count. When UIDVALIDITY no longer matches, the server ignores the QRESYNC parameter and
+        the answer is a plain EXAMINE (no VANISHED, no FETCH): the caller compares UIDVALIDITY.
+        """
+        if not self._qresync:
+            raise RuntimeError("QRESYNC is not enabled: call enable_qresync() first")
+        if uidvalidity <= 0 or modseq <= 0:
+            raise ValueError("uidvalidity and modseq must be positive")
+        if known_uids is not None and not re.fullmatch(r"[0-9:,]+", known_uids):
+            raise ValueError(f"not a UID set: {known_uids!r}")
+        client = self._live()
+        imap = client._imap
+        self.selected = None
+        param = f"{uidvalidity} {modseq}" + (f" {known_uids}" if known_uids else "")
+        with self._translate(f"opening the folder {folder!r}"):
+            imap.untagged_responses.clear()
+            try:
+                typ, data = client._raw_command(
+                    b"EXAMINE",
+                    [client._normalise_folder(folder), f"(QRESYNC ({param}))".encode("ascii")],
+                    uid=False,
+                )
+                if typ != "OK":
+                    said = b" ".join(d for d in data if isinstance(d, bytes)).decode(
+                        "utf-8", "replace"
+                    )
+                    raise imaplib.IMAP4.error(f"EXAMINE failed: {said}")
+            except imaplib.IMAP4.abort:
+                raise
+            except imaplib.IMAP4.error as exc:
+                imap.state = "AUTH"  # a failed SELECT/EXAMINE leaves no folder selected
+                self._raise_if_missing(client, folder, exc)
+                raise
+            untagged = dict(imap.untagged_responses)
+            imap.untagged_responses.clear()
+            # what imaplib.select would have recorded, so later imaplib commands are allowed
+            imap.state = "SELECTED"
+            imap.is_readonly = True
+            response = client._process_select_response(untagged)
+            state = FolderState(
+                folder=folder,
+                uidvalidity=self._required_int(response, b"UIDVALIDITY", folder),
+                uidnext=int_or_none(response.get(b"UIDNEXT"))
+                or self._status_int(client, folder, "UIDNEXT"),
+                highestmodseq=int_or_none(response.get(b"HIGHESTMODSEQ")),
+                exists=int_or_none(response.get(b"EXISTS")) or 0,
+            )
+            vanished = tuple(
+                bytes(v).replace(b"(EARLIER)", b"").strip()
+                for v in untagged.get("VANISHED", [])
+                if isinstance(v, bytes)
+            )
+            fetched = untagged.get("FETCH", [])
+            parsed = parse_fetch_response(fetched, client.normalise_times, True) if fetched else {}
+            changed = {
+                uid: _flags(item.get(b"FLAGS", ()))
+                for uid, item in parsed.items()
+                if isinstance(uid, int) and b"FLAGS" in item
+            }
+        self.selected = state
+        return QresyncSelect(state=state, vanished=vanished, changed=changed)
+
+    def search_uid_range(self, first: int, last: int) -> list[int]:
+        """UIDs in FIRST..LAST present in the selected folder (``UID SEARCH UID first:last``).
+
+        An explicit range, never ``n:*``: ``*`` always matches the last message, so an open
+        range would report an old message as new when nothing is newer. No command when empty.
+        """
+        if first < 1 or last < first:
+            return []
+        client = self._live_selected()
+        with self._translate("listing the messages of the folder"):
+            found = client.search(["UID", f"{first}:{last}"])
+        return sorted(uid for uid in found if first <= uid <= last)
+
+    def fetch_flags_changed_since(self, first: int, last: int, modseq: int) -> dict[int, Flags]:
+        """FLAGS of the UIDs in FIRST..LAST whose mod-sequence is above MODSEQ (CONDSTORE).
+
+        One ``UID FETCH first:last (FLAGS) (CHANGEDSINCE modseq)``; the answer holds only the
+        changed messages, so it costs the same for 1k and 100k unchanged messages.
+        """
+        if first < 1 or last < first:
+            return {}
+        client = self._live_selected()
+        if not self._condstore:
+            raise RuntimeError("CONDSTORE is not enabled on this session")
+        with self._translate("fetching changed flags"):
+            # imapclient's fetch() accepts a range but then fails filtering its answer by it
+            # (it turns the messages argument into ints); the raw path sends the same command
+            data = client._raw_command_untagged(
+                b"FETCH",
+                [f"{first}:{last}".encode(), b"(FLAGS)", f"(CHANGEDSINCE {modseq})".encode()],
+                uid=True,
+            )
+            response = parse_fetch_response(data, client.normalise_times, True)
+        return {
+            uid: _flags(item.get(b"FLAGS", ()))
+            for uid, item in response.items()
+            if isinstance(uid, int) and first <= uid <= last and b"FLAGS" in item
+        }
 
     # ------------------------------------------------------------------ searching
     def search_uids_since(self, after_uid: int) -> list[int]:
@@ -524,6 +691,24 @@ class ImapSession:
 
     def _timeout_for(self, action: str) -> float:
         return self.connect_timeout if action == "connecting" else self.timeout
+
+
+Flags = tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class QresyncSelect:
+    """What a QRESYNC EXAMINE reported besides the folder state."""
+
+    state: FolderState
+    vanished: tuple[bytes, ...]
+    """The UID sets of ``VANISHED (EARLIER)`` responses, raw (``b"3:5,9"``)."""
+    changed: dict[int, Flags]
+    """UID -> FLAGS of every message changed (or added) since the given mod-sequence."""
+
+
+def _flags(raw: Iterable[object]) -> Flags:
+    return tuple(f.decode("utf-8", "replace") if isinstance(f, bytes) else str(f) for f in raw)
 
 
 def response_code(text: str) -> str | None:
