@@ -13,6 +13,7 @@ from datetime import datetime
 import sqlalchemy as sa
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
+from crmsync.core.correlate import CorrelationMethod
 from crmsync.crm.base import (
     Base,
     PartyRole,
@@ -92,17 +93,6 @@ class EmailStatus(StrEnum):
     PENDING_SEND = "pending_send"
     SENDING = "sending"
     FAILED = "failed"
-
-
-class CorrelationMethod(StrEnum):
-    """How an email was tied to an earlier one (reference §3)."""
-
-    NONE = "none"
-    SKIPPED = "skipped"
-    IN_REPLY_TO = "in_reply_to"
-    TRACKING_TOKEN = "tracking_token"  # noqa: S105  (a method name)
-    THREAD = "thread"
-    SMART_MATCHING = "smart_matching"
 
 
 class Email(Activity):

@@ -9,6 +9,13 @@ from datetime import UTC, datetime
 import sqlalchemy as sa
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
+# Value sets the pure core decides with are the core's own; the domain stores them as they are
+# (the domain may depend on the core, never the reverse).
+from crmsync.core.parties import PartyRole, Resolution
+from crmsync.core.promote import IncomingFilter as IncomingEmailFilter
+
+__all__ = ["IncomingEmailFilter", "PartyRole", "Resolution"]
+
 # Deterministic constraint names, so Alembic can alter and drop them by name later.
 NAMING = {
     "ix": "ix_%(table_name)s_%(column_0_N_name)s",
@@ -77,33 +84,3 @@ class Depth(StrEnum):
     BUSINESS_UNIT = "business_unit"
     PARENT_CHILD = "parent_child"
     ORGANIZATION = "organization"
-
-
-class IncomingEmailFilter(StrEnum):
-    """Which received email a user's or queue's mailbox tracks automatically (reference §2)."""
-
-    ALL = "all"
-    RESPONSES = "responses"
-    """Only replies to email already tracked: the default."""
-    LEADS_CONTACTS_ACCOUNTS = "leads_contacts_accounts"
-    EMAIL_ENABLED = "email_enabled"
-    NONE = "none"
-
-
-class PartyRole(StrEnum):
-    """How a party takes part in an activity."""
-
-    FROM = "from"
-    TO = "to"
-    CC = "cc"
-    BCC = "bcc"
-    ORGANIZER = "organizer"
-    REQUIRED = "required"
-    OPTIONAL = "optional"
-    OWNER = "owner"
-
-
-class Resolution(StrEnum):
-    RESOLVED = "resolved"
-    UNRESOLVED = "unresolved"
-    AMBIGUOUS = "ambiguous"

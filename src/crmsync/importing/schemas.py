@@ -172,7 +172,7 @@ SPECS: dict[str, TypeSpec] = {
                 Field("roles", Kind.REFS, targets=("role",)),
                 Field("is_disabled", Kind.BOOL, attr="is_disabled"),
                 Field("allow_send_on_behalf", Kind.BOOL, attr="allow_send_on_behalf"),
-                _choice("incoming_email_filter", IncomingEmailFilter.values()),
+                _choice("incoming_email_filter", [f.value for f in IncomingEmailFilter]),
                 STATE,
             ),
         ),

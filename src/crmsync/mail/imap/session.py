@@ -263,14 +263,7 @@ class ImapSession:
             except imaplib.IMAP4.error as exc:
                 self._raise_if_missing(client, folder, exc)
                 raise
-            state = FolderState(
-                folder=folder,
-                uidvalidity=self._required_int(response, b"UIDVALIDITY", folder),
-                uidnext=int_or_none(response.get(b"UIDNEXT"))
-                or self._status_int(client, folder, "UIDNEXT"),
-                highestmodseq=int_or_none(response.get(b"HIGHESTMODSEQ")),
-                exists=int_or_none(response.get(b"EXISTS")) or 0,
-            )
+            state = self._folder_state(client, folder, response)
         self.selected = state
         return state
 
@@ -332,6 +325,19 @@ class ImapSession:
         # RFC 3501 requires UIDNEXT in the SELECT answer; a few servers leave it out
         response = client.folder_status(folder, [item])
         return self._required_int(response, item.encode(), folder)
+
+    def _folder_state(
+        self, client: ConnectingIMAPClient, folder: str, response: dict
+    ) -> FolderState:
+        """A SELECT/EXAMINE response as a FolderState (asking STATUS for a missing UIDNEXT)."""
+        return FolderState(
+            folder=folder,
+            uidvalidity=self._required_int(response, b"UIDVALIDITY", folder),
+            uidnext=int_or_none(response.get(b"UIDNEXT"))
+            or self._status_int(client, folder, "UIDNEXT"),
+            highestmodseq=int_or_none(response.get(b"HIGHESTMODSEQ")),
+            exists=int_or_none(response.get(b"EXISTS")) or 0,
+        )
 
     def _required_int(self, response: dict[bytes, Any], key: bytes, folder: str) -> int:
         value = int_or_none(response.get(key))
@@ -432,14 +438,7 @@ class ImapSession:
             imap.state = "SELECTED"
             imap.is_readonly = True
             response = client._process_select_response(untagged)
-            state = FolderState(
-                folder=folder,
-                uidvalidity=self._required_int(response, b"UIDVALIDITY", folder),
-                uidnext=int_or_none(response.get(b"UIDNEXT"))
-                or self._status_int(client, folder, "UIDNEXT"),
-                highestmodseq=int_or_none(response.get(b"HIGHESTMODSEQ")),
-                exists=int_or_none(response.get(b"EXISTS")) or 0,
-            )
+            state = self._folder_state(client, folder, response)
             vanished = tuple(
                 bytes(v).replace(b"(EARLIER)", b"").strip()
                 for v in untagged.get("VANISHED", [])
