@@ -58,6 +58,10 @@ def test_every_command_has_help() -> None:
         ["mailbox", "show", "--help"],
         ["import", "--help"],
         ["demo", "--help"],
+        ["check", "--help"],
+        ["audit", "--help"],
+        ["settings", "set", "--help"],
+        ["mailbox", "approve", "--help"],
     ):
         res = run(clean_env(), *args)
         assert res.returncode == 0, (args, res.stderr)

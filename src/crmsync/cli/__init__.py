@@ -13,7 +13,7 @@ import traceback
 
 import typer
 
-from crmsync.cli import audit, database, demo, importing, mailbox, secrets, settings, status
+from crmsync.cli import audit, check, database, demo, importing, mailbox, secrets, settings, status
 from crmsync.errors import CrmsyncError
 
 app = typer.Typer(
@@ -28,6 +28,7 @@ app.command("import")(importing.import_command)
 app.command("status")(status.status)
 app.command("demo")(demo.demo)
 app.command("audit")(audit.audit_command)
+app.command("check")(check.check)
 app.add_typer(mailbox.app, name="mailbox")
 app.add_typer(database.app, name="db")
 app.add_typer(secrets.app, name="secrets")

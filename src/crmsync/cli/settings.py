@@ -28,7 +28,7 @@ def list_command(
     if json_out:
         print_json(values)
         return
-    rows = [(k, str(v).lower(), SETTINGS[k].help) for k, v in values.items()]
+    rows = [(k, show(v), SETTINGS[k].help) for k, v in values.items()]
     out.print(table(None, ["Setting", "Value", "Meaning"], rows))
 
 
@@ -53,4 +53,13 @@ def set_command(
             old=old,
             new=new,
         )
-    info(f"{key}: {str(old).lower()} -> {str(new).lower()}")
+    info(f"{key}: {show(old)} -> {show(new)}")
+
+
+def show(value: object) -> str:
+    """A setting as a person types it: true/false, a comma-separated list, plain text."""
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, list):
+        return ", ".join(str(v) for v in value) or "(empty)"
+    return str(value)

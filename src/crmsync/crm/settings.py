@@ -13,7 +13,9 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
+from crmsync.core.addresses import Blocklist, parse_blocklist_entry
 from crmsync.core.privacy import DEFAULT_ORG_LEVEL, PrivacyLevel
+from crmsync.core.promote import TrackingSettings
 from crmsync.crm.mailboxes import OrgSetting
 from crmsync.errors import InvalidInput
 
@@ -44,6 +46,13 @@ def _choice(values: list[str]) -> Callable[[str], str]:
     return parse
 
 
+def _blocklist(text: str) -> list[str]:
+    """Comma-separated ``user@domain`` / ``@domain`` entries, stored canonical; empty clears."""
+    entries = [e.strip() for e in text.split(",") if e.strip()]
+    Blocklist.from_entries(entries)  # names every bad entry at once (BlocklistError)
+    return list(dict.fromkeys(parse_blocklist_entry(e) for e in entries))
+
+
 SETTINGS: dict[str, SettingSpec] = {
     # reference §1: "Process emails only for approved users/queues" is on by default
     "process_email_only_for_approved_mailboxes": SettingSpec(
@@ -54,6 +63,28 @@ SETTINGS: dict[str, SettingSpec] = {
         "the most crmsync may take from any mailbox: metadata, subject or everything "
         "(a mailbox may be set stricter, never looser)",
         _choice([level.value for level in PrivacyLevel]),
+    ),
+    # The tracking decision (docs/tracking-rules.md §1; Dynamics' names in the help)
+    "restrict_to_syncing_mailbox": SettingSpec(
+        False,
+        "only the syncing mailbox's incoming filter decides; off: any CRM recipient's filter "
+        "may accept (UseFilteringMethodOfSyncingMailboxOnlyForCorrelation)",
+        _bool,
+    ),
+    "track_sent_items": SettingSpec(
+        False, "track email in Sent items automatically (AutoTrackSentFolderItems)", _bool
+    ),
+    "track_bulk_mail": SettingSpec(
+        False, "track bulk mail (mailing lists, newsletters) automatically", _bool
+    ),
+    "track_automatic_mail": SettingSpec(
+        False, "track automatic mail (auto-replies, bounces, notifications) automatically", _bool
+    ),
+    "blocklist": SettingSpec(
+        [],
+        "addresses and domains whose mail is never tracked automatically: comma-separated "
+        "user@domain and @domain entries (a domain includes its subdomains)",
+        _blocklist,
     ),
 }
 
@@ -99,3 +130,15 @@ def set_setting(session: Session, key: str, text: str) -> tuple[Any, Any]:
 
 def org_privacy_level(session: Session) -> PrivacyLevel:
     return PrivacyLevel(get_setting(session, "privacy_level"))
+
+
+def tracking_settings(session: Session) -> TrackingSettings:
+    """The organization's settings of the tracking decision (one query)."""
+    values = all_settings(session)
+    return TrackingSettings(
+        restrict_to_syncing_mailbox=bool(values["restrict_to_syncing_mailbox"]),
+        track_sent_items=bool(values["track_sent_items"]),
+        track_bulk_mail=bool(values["track_bulk_mail"]),
+        track_automatic_mail=bool(values["track_automatic_mail"]),
+        blocklist=Blocklist.from_entries(values["blocklist"]),
+    )
