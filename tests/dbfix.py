@@ -9,12 +9,14 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine, make_url
 
 from crmsync.db import make_engine, normalize_url, upgrade_schema
+from tests.clirun import clean_env
 
 TEMPLATE = "crmsync_test_template"
 
@@ -63,6 +65,16 @@ def database_url(pg_admin_url: str, template_db: str) -> Iterator[str]:
     yield make_url(pg_admin_url).set(database=name).render_as_string(hide_password=False)
     _drop(admin, name)
     admin.dispose()
+
+
+@pytest.fixture
+def cli_env(database_url: str, tmp_path: Path) -> dict[str, str]:
+    """Environment for running the CLI (tests.clirun.run) on the test's fresh database."""
+    return clean_env(
+        CRMSYNC_DATABASE_URL=database_url,
+        CRMSYNC_HOME=str(tmp_path / "home"),
+        CRMSYNC_LOG_LEVEL="debug",
+    )
 
 
 @pytest.fixture

@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import uuid
 from collections.abc import Collection, Sequence
-from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
@@ -23,7 +22,7 @@ from crmsync.crm.mailboxes import Mailbox
 from crmsync.crm.models import BusinessUnit, Contact, Queue, User
 from crmsync.db import session_scope
 from crmsync.sync.lookups import DatabaseIncomingLookup
-from tests.clirun import clean_env, run
+from tests.clirun import run
 
 pytestmark = pytest.mark.integration
 
@@ -33,15 +32,6 @@ SALES = "sales@ourco.test"
 CLIENT = "Ann Client <Ann@Client.Example>"
 TOKEN = "CRM:0001007"
 STORED_ID = "stored-1@Mail.Client.Example"
-
-
-@pytest.fixture
-def cli_env(database_url: str, tmp_path: Path) -> dict[str, str]:
-    return clean_env(
-        CRMSYNC_DATABASE_URL=database_url,
-        CRMSYNC_HOME=str(tmp_path / "home"),
-        CRMSYNC_LOG_LEVEL="debug",
-    )
 
 
 @pytest.fixture

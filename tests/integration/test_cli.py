@@ -19,15 +19,6 @@ PASSWORD = "Kesä-salasana-7f3a9"
 
 
 @pytest.fixture
-def cli_env(database_url: str, tmp_path: Path) -> dict[str, str]:
-    return clean_env(
-        CRMSYNC_DATABASE_URL=database_url,
-        CRMSYNC_HOME=str(tmp_path / "home"),
-        CRMSYNC_LOG_LEVEL="debug",
-    )
-
-
-@pytest.fixture
 def anna(engine: Engine) -> str:
     with session_scope(engine) as s:
         bu = BusinessUnit(name="Root")
