@@ -63,7 +63,3 @@ class _CurrentStderr(logging.StreamHandler):  # type: ignore[type-arg]
     @stream.setter
     def stream(self, _value: Any) -> None:
         pass
-
-
-def get_logger(name: str) -> Any:
-    return structlog.get_logger(name)

@@ -389,7 +389,3 @@ class Case(Record):
         "polymorphic_identity": "case",
         "inherit_condition": id == Record.id,
     }
-
-
-EMAIL_ENABLED_TYPES = ("user", "contact", "account", "lead", "team", "queue")
-"""Record types whose addresses party resolution may match."""

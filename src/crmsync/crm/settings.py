@@ -88,8 +88,6 @@ SETTINGS: dict[str, SettingSpec] = {
     ),
 }
 
-DEFAULTS = {key: spec.default for key, spec in SETTINGS.items()}
-
 
 def _spec(key: str) -> SettingSpec:
     try:
