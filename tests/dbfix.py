@@ -18,7 +18,9 @@ from sqlalchemy.engine import Engine, make_url
 from crmsync.db import make_engine, normalize_url, upgrade_schema
 from tests.clirun import clean_env
 
-TEMPLATE = "crmsync_test_template"
+# One template per test run: runs sharing a stack (two people, parallel sessions) must not drop
+# each other's template.
+TEMPLATE = f"crmsync_test_template_{os.getpid()}"
 
 
 def _admin_engine(url: str) -> Engine:

@@ -53,6 +53,12 @@ def test_every_command_has_help() -> None:
         ["audit", "--help"],
         ["settings", "set", "--help"],
         ["mailbox", "approve", "--help"],
+        ["mailbox", "enable", "--help"],
+        ["mailbox", "disable", "--help"],
+        ["sync", "--help"],
+        ["explain", "--help"],
+        ["activities", "--help"],
+        ["user", "options", "--help"],
     ):
         res = run(clean_env(), *args)
         assert res.returncode == 0, (args, res.stderr)
@@ -242,7 +248,7 @@ def test_import_of_a_missing_file_is_one_clear_line(
     assert len(res.stderr.strip().splitlines()) == 1
 
 
-def test_demo_loads_the_crm_and_delivers_real_mail(cli_env: dict[str, str], stack) -> None:
+def test_demo_loads_the_crm_delivers_real_mail_and_syncs_it(cli_env: dict[str, str], stack) -> None:
     accounts = Path(__file__).parents[2] / "demo" / "mail-accounts.txt"
     for line in accounts.read_text().splitlines():
         if line and not line.startswith("#"):
@@ -259,12 +265,30 @@ def test_demo_loads_the_crm_and_delivers_real_mail(cli_env: dict[str, str], stac
     counts = result["inbox_counts"]
     assert counts["anna.virtanen@demo.crmsync.test"] == 5  # read back over IMAP
     assert counts["jenni.makinen@demo.crmsync.test"] == 4
+    # the incoming sync ran on every mailbox and decided every message copy once
+    synced = {s["mailbox"]: s for s in result["synced"]}
+    assert all(s["error"] is None for s in synced.values())
+    anna, jenni = (
+        synced["anna.virtanen@demo.crmsync.test"],
+        synced["jenni.makinen@demo.crmsync.test"],
+    )
+    assert (anna["tracked"], anna["skipped"]) == (4, {"bulk_mail": 1})
+    assert (jenni["tracked"], jenni["linked"]) == (1, 1)
+    outcomes = {
+        (d["message_id"], d["mailbox"].split(".")[0]): d["reason"] for d in result["decisions"]
+    }
+    assert outcomes[("demo-3@demo.crmsync.test", "jenni")] == "already_tracked"
+    assert outcomes[("demo-7@demo.crmsync.test", "jenni")] == "reply_to_tracked"
+    assert outcomes[("demo-5@demo.crmsync.test", "jenni")] == "not_a_reply"
+    assert len(result["decisions"]) == 9
 
     again = run(cli_env, "demo", "--stack", stack_json, "--accounts", str(accounts), "--json")
     assert again.returncode == 0, again.stderr
     second = json.loads(again.stdout)
     assert second["delivered"] == []  # nothing doubled
     assert second["inbox_counts"] == counts
+    assert all(s["seen"] == 0 for s in second["synced"])  # nothing decided twice
+    assert second["decisions"] == result["decisions"]
     for password in (ln.partition(":")[2] for ln in accounts.read_text().splitlines()):
         if password:
             assert password not in first.stdout + first.stderr + again.stdout + again.stderr
@@ -272,7 +296,7 @@ def test_demo_loads_the_crm_and_delivers_real_mail(cli_env: dict[str, str], stac
     human = run(cli_env, "demo", "--stack", stack_json, "--accounts", str(accounts))
     assert human.returncode == 0, human.stderr
     assert "anna.virtanen@demo.crmsync.test" in human.stdout
-    assert "disabled" in human.stdout and "pending" in human.stdout
+    assert "reply_to_tracked" in human.stdout and "enabled" in human.stdout
 
 
 def test_demo_without_a_stack_says_how_to_start_it(cli_env: dict[str, str], tmp_path: Path) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -17,6 +18,7 @@ from sqlalchemy.orm import Session
 
 from crmsync.core.privacy import PrivacyLevel, effective_level
 from crmsync.crm import audit
+from crmsync.crm.base import utcnow
 from crmsync.crm.mailboxes import ApprovalStatus, Mailbox, MailboxState, SyncMethod
 from crmsync.crm.records import EmailAddress, Queue, Record, User, normalize_address
 from crmsync.crm.settings import get_setting
@@ -300,3 +302,72 @@ def set_approval(
         previous=old.value,
     )
     return mailbox.approval_status
+
+
+@dataclass(frozen=True)
+class EnableResult:
+    changed: bool
+    """False: the mailbox was already in the asked state (nothing changed, nothing audited)."""
+    process_after: datetime | None
+
+
+def enable_mailbox(
+    session: Session,
+    mailbox: Mailbox,
+    *,
+    actor: audit.Actor,
+    process_after: datetime | None = None,
+) -> EnableResult:
+    """Turn a mailbox's sync on (the caller has checked approve_mailbox).
+
+    Mail received before ``process_after`` (default: now) is never processed. Refused while the
+    organization processes email only for approved mailboxes and this one is not approved.
+    Enabling an enabled mailbox changes nothing (its start date included)."""
+    if mailbox.state is MailboxState.ENABLED:
+        return EnableResult(False, mailbox.process_email_received_after)
+    if (
+        get_setting(session, "process_email_only_for_approved_mailboxes")
+        and mailbox.approval_status is not ApprovalStatus.APPROVED
+    ):
+        raise InvalidInput(
+            f"mailbox {mailbox.email_address} is not approved (approval "
+            f"{mailbox.approval_status.value}) and the organization processes email only for "
+            f"approved mailboxes; approve it first: crmsync mailbox approve {mailbox.email_address}"
+        )
+    if process_after is not None and process_after.tzinfo is None:
+        raise InvalidInput("the start date needs a time zone (e.g. 2024-05-01T00:00:00+00:00)")
+    now = utcnow()
+    mailbox.state = MailboxState.ENABLED
+    mailbox.enabled_at = now
+    mailbox.process_email_received_after = process_after.astimezone(UTC) if process_after else now
+    session.flush()
+    audit.record(
+        session,
+        actor,
+        "mailbox.enabled",
+        target_type="mailbox",
+        target_id=mailbox.id,
+        target_name=mailbox.email_address,
+        process_email_received_after=mailbox.process_email_received_after.isoformat(),
+    )
+    return EnableResult(True, mailbox.process_email_received_after)
+
+
+def disable_mailbox(session: Session, mailbox: Mailbox, *, actor: audit.Actor) -> EnableResult:
+    """Turn a mailbox's sync off (the caller has checked approve_mailbox). Its decisions, cursors
+    and tracked email stay; disabling a disabled mailbox changes nothing."""
+    if mailbox.state is MailboxState.DISABLED:
+        return EnableResult(False, mailbox.process_email_received_after)
+    mailbox.state = MailboxState.DISABLED
+    session.flush()
+    after = mailbox.process_email_received_after
+    audit.record(
+        session,
+        actor,
+        "mailbox.disabled",
+        target_type="mailbox",
+        target_id=mailbox.id,
+        target_name=mailbox.email_address,
+        process_email_received_after=after.isoformat() if after else None,
+    )
+    return EnableResult(True, after)

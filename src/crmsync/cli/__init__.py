@@ -1,8 +1,7 @@
 """The ``crmsync`` command line.
 
 Each command exits 0 on success and non-zero with a one-line reason on failure; commands that
-print data take ``--json``. Later issues add sync, run, worker, activities, explain and email
-commands beside these.
+print data take ``--json``. Later issues add run, worker and email commands beside these.
 """
 
 from __future__ import annotations
@@ -13,7 +12,21 @@ import traceback
 
 import typer
 
-from crmsync.cli import audit, check, database, demo, importing, mailbox, secrets, settings, status
+from crmsync.cli import (
+    activities,
+    audit,
+    check,
+    database,
+    demo,
+    explain,
+    importing,
+    mailbox,
+    secrets,
+    settings,
+    status,
+    sync,
+    users,
+)
 from crmsync.errors import CrmsyncError
 
 app = typer.Typer(
@@ -29,10 +42,14 @@ app.command("status")(status.status)
 app.command("demo")(demo.demo)
 app.command("audit")(audit.audit_command)
 app.command("check")(check.check)
+app.command("sync")(sync.sync_command)
+app.command("explain")(explain.explain)
+app.command("activities")(activities.activities)
 app.add_typer(mailbox.app, name="mailbox")
 app.add_typer(database.app, name="db")
 app.add_typer(secrets.app, name="secrets")
 app.add_typer(settings.app, name="settings")
+app.add_typer(users.app, name="user")
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -22,7 +22,8 @@ def demo(
     ] = Path("demo/mail-accounts.txt"),
     json_out: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
 ) -> None:
-    """Load the demo CRM, give its users mailboxes on the local stack, deliver sample mail.
+    """Load the demo CRM, give its users mailboxes on the local stack, deliver sample mail,
+    enable the mailboxes and sync their incoming email once.
 
     `make demo` starts the stack and runs this; it is safe to run again (nothing is doubled).
     """
@@ -46,6 +47,33 @@ def demo(
             "Demo mailboxes, inbox messages read back over IMAP",
             ["Mailbox", "INBOX"],
             sorted(result.inbox_counts.items()),
+        )
+    )
+    out.print(
+        table(
+            "Incoming sync of each mailbox",
+            ["Mailbox", "Seen", "Tracked", "Linked", "Not tracked", "Error"],
+            [
+                (
+                    s["mailbox"],
+                    s["seen"],
+                    s["tracked"],
+                    s["linked"],
+                    ", ".join(f"{k} {v}" for k, v in sorted(s["skipped"].items())) or "-",
+                    s["error"] or "-",
+                )
+                for s in result.synced
+            ],
+        )
+    )
+    out.print(
+        table(
+            "What crmsync decided about each message (crmsync explain MESSAGE-ID tells why)",
+            ["Message-ID", "Mailbox", "Outcome", "Reason", "Activity"],
+            [
+                (d["message_id"], d["mailbox"], d["outcome"], d["reason"], d["activity"] or "-")
+                for d in result.decisions
+            ],
         )
     )
     status(json_out=False)

@@ -1,9 +1,10 @@
-"""``crmsync mailbox``: add, list and show mailboxes."""
+"""``crmsync mailbox``: add, list, show, approve/reject and enable/disable mailboxes."""
 
 from __future__ import annotations
 
 import os
 import sys
+from datetime import UTC, datetime
 from typing import Annotated
 
 import typer
@@ -13,6 +14,8 @@ from crmsync.admin.mailboxes import (
     MailboxSpec,
     add_mailbox,
     describe,
+    disable_mailbox,
+    enable_mailbox,
     find_mailbox,
     list_mailboxes,
     set_approval,
@@ -204,3 +207,68 @@ def reject(
 ) -> None:
     """Reject a mailbox's email address: its mail is not processed."""
     _approval(mailbox, as_user, False)
+
+
+def parse_when(value: str, option: str) -> datetime:
+    """An ISO 8601 date or date-time; without a time zone it is UTC."""
+    try:
+        when = datetime.fromisoformat(value.strip())
+    except ValueError:
+        raise InvalidInput(
+            f"{option} {value!r} is not an ISO 8601 date or date-time "
+            "(e.g. 2024-05-01 or 2024-05-01T08:00:00+03:00)"
+        ) from None
+    return when if when.tzinfo is not None else when.replace(tzinfo=UTC)
+
+
+@app.command("enable")
+def enable(
+    mailbox: Annotated[str, typer.Argument(help="Mailbox id, address, or owner.")],
+    process_email_after: Annotated[
+        str | None,
+        typer.Option(
+            "--process-email-after",
+            help="Process only mail received after this ISO 8601 date-time (UTC unless it "
+            "names a zone; default: now).",
+        ),
+    ] = None,
+    as_user: ActAs = None,
+) -> None:
+    """Turn a mailbox's sync on. With approval required (the default) it must be approved
+    first; with --as the user needs approve_mailbox."""
+    after = (
+        parse_when(process_email_after, "--process-email-after") if process_email_after else None
+    )
+    ctx = Context()
+    with session_scope(ctx.engine()) as session:
+        actor = acting_actor(session, as_user, gate=may_approve_mailbox)
+        found = find_mailbox(session, mailbox)
+        result = enable_mailbox(session, found, actor=actor, process_after=after)
+        address = found.email_address
+    start = result.process_after.isoformat() if result.process_after else "—"
+    if result.changed:
+        info(f"mailbox {address}: enabled; processing email received after {start}")
+    else:
+        info(
+            f"mailbox {address} is already enabled (processing email received after {start}); "
+            "nothing changed"
+        )
+
+
+@app.command("disable")
+def disable(
+    mailbox: Annotated[str, typer.Argument(help="Mailbox id, address, or owner.")],
+    as_user: ActAs = None,
+) -> None:
+    """Turn a mailbox's sync off (what it tracked stays). With --as the user needs
+    approve_mailbox."""
+    ctx = Context()
+    with session_scope(ctx.engine()) as session:
+        actor = acting_actor(session, as_user, gate=may_approve_mailbox)
+        found = find_mailbox(session, mailbox)
+        result = disable_mailbox(session, found, actor=actor)
+        address = found.email_address
+    if result.changed:
+        info(f"mailbox {address}: disabled")
+    else:
+        info(f"mailbox {address} is already disabled; nothing changed")

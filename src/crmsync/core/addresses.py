@@ -21,6 +21,7 @@ party resolution all use, so the service must store CRM addresses in the same fo
 from __future__ import annotations
 
 import enum
+import functools
 import unicodedata
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -247,6 +248,14 @@ def normalize_address(value: str | None) -> str | None:
     """The one address ``value`` names, canonical, or None (garbage, none, or several)."""
     if value is None:
         return None
+    return _normalize_address(value)
+
+
+@functools.lru_cache(maxsize=65536)
+def _normalize_address(value: str) -> str | None:
+    # Cached: a sync normalizes the same few hundred addresses thousands of times (every
+    # message's From and To, the blocklist and filter checks), and the result is a pure
+    # function of the text.
     candidates = split_address_field(value)
     if len(candidates) != 1:
         return None

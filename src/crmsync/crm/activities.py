@@ -244,3 +244,18 @@ class Attachment(Base):
     created_at: Mapped[datetime] = created_at()
 
     activity: Mapped[Activity] = relationship(back_populates="attachments")
+
+
+class EmailMatchHash(Base):
+    """Smart-matching hashes of a tracked email (Dynamics' EmailHash): one per subject word
+    (``s``) and per address (``a``), so correlation finds candidates with an index look-up."""
+
+    __tablename__ = "email_match_hash"
+
+    email_id: Mapped[uuid.UUID] = mapped_column(
+        sa.ForeignKey("email.id", ondelete="CASCADE"), primary_key=True
+    )
+    kind: Mapped[str] = mapped_column(sa.String(1), primary_key=True)
+    hash: Mapped[str] = mapped_column(sa.String(64), primary_key=True, index=True)
+
+    __table_args__ = (sa.CheckConstraint("kind IN ('s', 'a')", name="kind_known"),)

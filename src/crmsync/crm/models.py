@@ -6,9 +6,11 @@ from crmsync.crm.activities import (
     Appointment,
     Attachment,
     Email,
+    EmailMatchHash,
     Task,
 )
 from crmsync.crm.audit import AuditEvent
+from crmsync.crm.decisions import MessageDecision
 from crmsync.crm.mailboxes import EmailServerProfile, Mailbox, MailboxFolder, OrgSetting
 from crmsync.crm.records import (
     Account,
@@ -49,6 +51,7 @@ __all__ = [
     "Contact",
     "Email",
     "EmailAddress",
+    "EmailMatchHash",
     "EmailServerProfile",
     "FieldPermission",
     "FieldProfileMember",
@@ -56,6 +59,7 @@ __all__ = [
     "Lead",
     "Mailbox",
     "MailboxFolder",
+    "MessageDecision",
     "Opportunity",
     "OrgSetting",
     "Queue",

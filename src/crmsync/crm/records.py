@@ -17,6 +17,7 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from crmsync.core.addresses import normalize_address as canonical_address
+from crmsync.core.parties import AutoCreate
 from crmsync.crm.base import (
     Base,
     IncomingEmailFilter,
@@ -171,6 +172,13 @@ class User(Record):
         enum_column(IncomingEmailFilter, "incoming_email_filter"),
         default=IncomingEmailFilter.RESPONSES,
     )
+    auto_create_records: Mapped[AutoCreate] = mapped_column(
+        enum_column(AutoCreate, "auto_create_records"),
+        default=AutoCreate.NONE,
+        server_default=AutoCreate.NONE.value,
+    )
+    """Personal option "Automatically create records": a contact or lead for an unknown
+    sender of a tracked email (reference §3; the org switch must allow it too)."""
     password_hash: Mapped[str | None] = mapped_column(sa.String(300))
     """For the web faces (later); never the mailbox password."""
 

@@ -2,7 +2,9 @@
 
 Steps: schema → demo CRM data → one mailbox per demo user on the stack's Dovecot → sample mail
 delivered through the stack's SMTP server (skipping what is already there) → inbox counts read
-back over IMAP, so the report shows mail that truly arrived, not mail we think we sent.
+back over IMAP, so the report shows mail that truly arrived, not mail we think we sent → the
+mailboxes approved and enabled (processing mail of the last 30 days) → one incoming sync of each,
+and what it decided about every message, read back from the decision trace.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import json
 import smtplib
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -19,8 +22,11 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
-from crmsync.admin.mailboxes import MailboxSpec, add_mailbox
+from crmsync.admin.mailboxes import MailboxSpec, add_mailbox, enable_mailbox, set_approval
+from crmsync.crm.activities import Email
 from crmsync.crm.audit import Actor
+from crmsync.crm.decisions import MessageDecision
+from crmsync.crm.mailboxes import ApprovalStatus, Mailbox
 from crmsync.crm.records import Contact, EmailAddress, Lead, Record, User
 from crmsync.db import session_scope, upgrade_schema
 from crmsync.demo.sample_mail import Person, SampleMail, build_samples
@@ -28,8 +34,11 @@ from crmsync.errors import InvalidInput
 from crmsync.importing import import_files
 from crmsync.importing.demo import demo_data_files
 from crmsync.secrets import Secret, SecretBox
+from crmsync.sync.incoming import sync_mailboxes
 
 IMAP_TIMEOUT = 10.0
+PROCESS_DAYS = 30
+"""The demo mailboxes process mail received in the last 30 days (the sample mail is hours old)."""
 
 
 @dataclass(frozen=True)
@@ -87,6 +96,10 @@ class DemoResult:
     already_there: list[str] = field(default_factory=list)
     inbox_counts: dict[str, int] = field(default_factory=dict)
     import_errors: list[str] = field(default_factory=list)
+    synced: list[dict[str, Any]] = field(default_factory=list)
+    """One entry per mailbox: the incoming sync's counts, or its error."""
+    decisions: list[dict[str, Any]] = field(default_factory=list)
+    """What the sync decided about each message copy, from the decision trace."""
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -96,6 +109,8 @@ class DemoResult:
             "delivered": self.delivered,
             "already_there": self.already_there,
             "inbox_counts": self.inbox_counts,
+            "synced": self.synced,
+            "decisions": self.decisions,
         }
 
 
@@ -158,7 +173,66 @@ def run_demo(
 
     for address, login in logins.items():
         result.inbox_counts[address] = _inbox_count(stack, login, accounts[login])
+
+    mailbox_ids = _enable(engine, list(logins), actor)
+    say(f"{len(mailbox_ids)} mailboxes approved and enabled; syncing their incoming email")
+    for report in sync_mailboxes(engine, box=box, mailbox_ids=mailbox_ids):
+        result.synced.append(
+            {
+                "mailbox": report.mailbox,
+                "seen": report.seen,
+                "tracked": report.tracked,
+                "linked": report.linked,
+                "quarantined": report.quarantined,
+                "skipped": dict(report.skipped),
+                "error": report.error,
+            }
+        )
+    result.decisions = _decisions(engine, mailbox_ids)
     return result
+
+
+def _enable(engine: Engine, addresses: list[str], actor: Actor) -> list[Any]:
+    """Approve and enable the demo mailboxes (what an administrator does once per mailbox)."""
+    after = datetime.now(UTC) - timedelta(days=PROCESS_DAYS)
+    ids = []
+    with session_scope(engine) as session:
+        for address in addresses:
+            mailbox = session.scalars(
+                sa.select(Mailbox).where(Mailbox.email_address == address)
+            ).one()
+            if mailbox.approval_status is not ApprovalStatus.APPROVED:
+                set_approval(session, mailbox, True, actor=actor)
+            enable_mailbox(session, mailbox, actor=actor, process_after=after)
+            ids.append(mailbox.id)
+    return ids
+
+
+def _decisions(engine: Engine, mailbox_ids: list[Any]) -> list[dict[str, Any]]:
+    with session_scope(engine) as session:
+        rows = session.execute(
+            sa.select(
+                Mailbox.email_address,
+                MessageDecision.message_id,
+                MessageDecision.outcome,
+                MessageDecision.reason,
+                Email.subject,
+            )
+            .join(Mailbox, Mailbox.id == MessageDecision.mailbox_id)
+            .outerjoin(Email, Email.id == MessageDecision.email_id)
+            .where(MessageDecision.mailbox_id.in_(mailbox_ids))
+            .order_by(MessageDecision.message_id, Mailbox.email_address)
+        ).all()
+    return [
+        {
+            "mailbox": r.email_address,
+            "message_id": r.message_id,
+            "outcome": r.outcome.value,
+            "reason": r.reason,
+            "activity": r.subject,
+        }
+        for r in rows
+    ]
 
 
 def _people(

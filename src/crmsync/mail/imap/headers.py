@@ -223,7 +223,8 @@ def parse_address_field(name: str, value: str, defects: _Defects) -> list[Addres
             for defect in header.defects:
                 defects.add(f"{name}: {type(defect).__name__}")
             return [
-                Address(address=a.addr_spec, name=a.display_name)
+                # an encoded display name may carry NUL (=00), refused by any text column
+                Address(address=a.addr_spec, name=a.display_name.replace("\x00", ""))
                 for a in header.addresses
                 if a.addr_spec and a.addr_spec != "<>"
             ]
@@ -299,7 +300,8 @@ def decode_text(name: str, value: str, defects: _Defects) -> str:
         header = policy.default.header_factory(name, value)
         for defect in header.defects:
             defects.add(f"{name}: {type(defect).__name__}")
-        return _WHITESPACE.sub(" ", str(header)).strip()
+        # an encoded word may carry NUL (=00), which PostgreSQL refuses in any text column
+        return _WHITESPACE.sub(" ", str(header).replace("\x00", "")).strip()
     except Exception as exc:
         defects.add(f"{name}: encoded words could not be decoded ({type(exc).__name__})")
         return _WHITESPACE.sub(" ", value).strip()

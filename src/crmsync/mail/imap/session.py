@@ -27,9 +27,11 @@ import socket
 import ssl
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from datetime import date
 from types import TracebackType
 from typing import Any, NoReturn
 
+import imapclient
 from imapclient.exceptions import LoginError, ProtocolError
 from imapclient.response_parser import parse_fetch_response
 
@@ -74,6 +76,7 @@ LOGOUT_TIMEOUT = 5.0
 # Response codes (RFC 5530) that mean "try again later" when a command is refused.
 TRANSIENT_CODES = frozenset({"UNAVAILABLE", "INUSE", "LIMIT", "SERVERBUG", "EXPUNGEISSUED"})
 _RESPONSE_CODE = re.compile(r"\[([A-Z][A-Z0-9-]*)")
+_KEYWORD = re.compile(r"\$?[A-Za-z0-9_.-]{1,64}")
 
 
 class ImapSession:
@@ -113,6 +116,9 @@ class ImapSession:
         self._want_condstore = enable_condstore
         self._qresync = False
         self.selected: FolderState | None = None
+        self.permanent_flags: frozenset[str] = frozenset()
+        """PERMANENTFLAGS of the selected folder (``\\*``: new keywords may be created)."""
+        self.selected_writable = False
 
     def __repr__(self) -> str:
         return f"ImapSession({self.endpoint.url!r}, {self.username!r})"
@@ -265,6 +271,11 @@ class ImapSession:
                 raise
             state = self._folder_state(client, folder, response)
         self.selected = state
+        self.permanent_flags = frozenset(
+            f.decode("utf-8", "replace") if isinstance(f, bytes) else str(f)
+            for f in response.get(b"PERMANENTFLAGS", ())
+        )
+        self.selected_writable = not readonly
         return state
 
     def status(self, folder: str, *, modseq: bool | None = None) -> FolderState:
@@ -493,7 +504,26 @@ class ImapSession:
             if isinstance(uid, int) and first <= uid <= last and b"FLAGS" in item
         }
 
+    def find_sent_folder(self) -> str | None:
+        """The folder of sent mail: the one LIST marks ``\\Sent`` (RFC 6154), else a folder
+        with a usual name (``Sent``, ``Sent Items``, ``Sent Messages``...); None if none."""
+        client = self._live()
+        with self._translate("listing the folders"):
+            found = client.find_special_folder(imapclient.imapclient.SENT)
+        return found if isinstance(found, str) else None
+
     # ------------------------------------------------------------------ searching
+    def search_received_since(self, day: date) -> list[int]:
+        """UIDs of messages the server received on or after DAY (``UID SEARCH SINCE``).
+
+        IMAP compares dates only (no time, the server's zone), so the caller filters the
+        messages of DAY itself by their INTERNALDATE.
+        """
+        client = self._live_selected()
+        with self._translate("searching for messages received since a date"):
+            found = client.search(["SINCE", day])
+        return sorted(found)
+
     def search_uids_since(self, after_uid: int) -> list[int]:
         """UIDs greater than AFTER_UID in the selected folder, ascending (``UID n+1:*``)."""
         if after_uid < 0:
@@ -522,6 +552,8 @@ class ImapSession:
         if batch_size < 1:
             raise ValueError("batch_size must be >= 1")
         wanted = sorted({_valid_uid(uid) for uid in uids})
+        if not wanted:
+            return  # nothing to fetch: no folder need be selected (an unchanged folder's sync)
         fields = header_fields_for(plan)
         client = self._live_selected()
         items = header_fetch_items(plan, with_modseq=self._condstore)
@@ -557,6 +589,55 @@ class ImapSession:
                 f"{self.username} on {self.endpoint.display} (deleted or moved meanwhile)"
             )
         return bytes(data)
+
+    def fetch_messages(
+        self, uids: Iterable[int], plan: FetchPlan, *, batch_size: int = 100
+    ) -> Iterator[tuple[int, bytes]]:
+        """Whole messages of UIDS (``BODY.PEEK[]``), BATCH_SIZE per command, as (uid, bytes).
+
+        Messages gone meanwhile are left out (the caller notices the missing UID). Raises
+        ``PrivacyViolation`` before anything is sent when the plan forbids whole messages.
+        """
+        if not plan.full_message:
+            raise PrivacyViolation(
+                "fetch_messages was called with a fetch plan that forbids whole messages "
+                "(privacy level metadata or subject); this is a bug in the caller"
+            )
+        if batch_size < 1:
+            raise ValueError("batch_size must be >= 1")
+        wanted = sorted({_valid_uid(uid) for uid in uids})
+        client = self._live_selected()
+        for start in range(0, len(wanted), batch_size):
+            chunk = wanted[start : start + batch_size]
+            with self._translate(f"fetching {len(chunk)} messages"):
+                response = client.fetch(chunk, ["BODY.PEEK[]"])
+            for uid in chunk:
+                data = response.get(uid, {}).get(b"BODY[]")
+                if data is not None:
+                    yield uid, bytes(data)
+
+    def add_keyword(self, uids: Iterable[int], keyword: str) -> bool:
+        """Set KEYWORD (e.g. ``$CRMTracked``) on UIDS of the folder selected read-write.
+
+        Returns False, sending nothing, when the folder does not keep such keywords
+        (PERMANENTFLAGS has neither the keyword nor ``\\*``): the mark is a courtesy to the
+        user's mail client, never a reason to fail a sync.
+        """
+        if not _KEYWORD.fullmatch(keyword):
+            raise ValueError(f"not an IMAP keyword: {keyword!r}")
+        wanted = sorted({_valid_uid(uid) for uid in uids})
+        if not wanted:
+            return True
+        client = self._live_selected()
+        if not self.selected_writable:
+            raise RuntimeError("add_keyword needs the folder selected with readonly=False")
+        if "\\*" not in self.permanent_flags and keyword not in self.permanent_flags:
+            return False
+        for start in range(0, len(wanted), DEFAULT_BATCH_SIZE):
+            chunk = wanted[start : start + DEFAULT_BATCH_SIZE]
+            with self._translate(f"marking {len(chunk)} messages {keyword}"):
+                client.add_flags(chunk, [keyword], silent=True)
+        return True
 
     # ------------------------------------------------------------------ internals
     def _live(self) -> ConnectingIMAPClient:
