@@ -45,8 +45,10 @@ demo: venv stack-install
 	$(BIN)/crmsync demo --stack $(DEMO_STACK)/stack.json --accounts demo/mail-accounts.txt
 
 # Benchmarks print ratios against a baseline measured in the same run (docs/performance.md).
-bench: venv
+# The incoming-email bench starts its own stack in .stack/bench and stops it at the end.
+bench: venv stack-install
 	$(BIN)/python -m bench.import_bench
+	$(BIN)/python -m bench.incoming_bench
 
 demo-stop:
 	bash stack/down.sh $(DEMO_STACK)

@@ -3,12 +3,13 @@
 #
 #   sudo stack/install.sh
 #
-# Installs only what is missing: dovecot-imapd dovecot-lmtpd postgresql.
+# Installs only what is missing: dovecot-imapd dovecot-lmtpd postgresql, and isync (mbsync,
+# the baseline of bench/incoming_bench.py).
 # Runs `apt-get update` once, and only when something must be installed.
 # No system service is started or used: stack/up.sh runs its own servers.
 set -euo pipefail
 
-PACKAGES=(dovecot-imapd dovecot-lmtpd postgresql)
+PACKAGES=(dovecot-imapd dovecot-lmtpd postgresql isync)
 
 log() { printf 'install.sh: %s\n' "$*"; }
 die() { printf 'install.sh: ERROR: %s\n' "$*" >&2; exit 1; }

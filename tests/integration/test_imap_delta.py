@@ -98,10 +98,11 @@ def test_each_mode_sees_new_messages_flag_changes_and_expunges(
     assert first.round_trips == (3 if mode == "qresync" else 2)
 
     quiet = f.poll()
-    # UNSELECT (the first sync left INBOX selected, and STATUS on it would be stale) + STATUS
-    assert quiet.is_empty and quiet.round_trips == 2 and quiet.cursor == first.cursor
+    # the first sync left INBOX selected at the cursor's state: NOOP asks for news
+    assert quiet.is_empty and quiet.round_trips == 1 and quiet.cursor == first.cursor
+    assert b"NOOP" in f.proxy.captured_to_server()
     quieter = f.poll()
-    assert quieter.is_empty and quieter.round_trips == 1  # STATUS only
+    assert quieter.is_empty and quieter.round_trips == 1
 
     # another client: two arrivals, a flag change, an expunge
     append(stack, mail_user, messages(mail_user, 2))
@@ -283,8 +284,8 @@ def test_a_no_change_poll_costs_the_same_at_1k_and_100k(
     # timings are printed, not asserted: the machine is shared and noisy, and the first
     # session after writing a maildir pays Dovecot's rescan (test-stack.md 4d)
     print(f"\n{mode}: no-change polls (round trips, best ms after the first) {costs}")
-    # the first poll after the first sync unselects INBOX, then STATUS alone
-    assert costs[SMALL][0] == costs[BIG][0] == [2, 1, 1, 1]
+    # the first sync leaves INBOX selected, so every later poll is one NOOP
+    assert costs[SMALL][0] == costs[BIG][0] == [1, 1, 1, 1]
 
 
 @pytest.mark.parametrize("mode", ["qresync", "condstore"])
@@ -309,3 +310,47 @@ def test_a_one_flag_poll_costs_the_same_at_1k_and_100k(
     assert trips[SMALL][0] == trips[BIG][0]
     # the answer names the one changed message, not the folder: same size give or take digits
     assert abs(trips[SMALL][1] - trips[BIG][1]) < 200
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_a_fresh_session_polls_by_status_and_a_held_folder_by_noop(
+    stack: Stack, mail_user: MailUser, follower_for, mode: Mode
+) -> None:
+    append(stack, mail_user, messages(mail_user, 3))
+    first = follower_for(mail_user, mode)
+    first.poll()
+    cursor = first.cursor
+
+    # a new session (a restarted worker) with the stored cursor: STATUS, nothing selected
+    fresh = follower_for(mail_user, mode)
+    fresh.cursor = cursor
+    fresh.known = set(first.known)
+    assert fresh.poll().round_trips == 1
+    assert b"STATUS" in fresh.proxy.captured_to_server() and fresh.imap.selected is None
+
+    # hold=True: EXAMINE once, then NOOPs, whatever the folder's size
+    fresh.proxy.clear_traffic()
+    held = changes_since(fresh.imap, "INBOX", cursor, mode=mode, hold=True)
+    assert held.is_empty and held.round_trips == 1 and fresh.imap.selected is not None
+    for _ in range(3):
+        fresh.proxy.clear_traffic()
+        again = changes_since(fresh.imap, "INBOX", cursor, mode=mode, hold=True)
+        assert again.is_empty and again.round_trips == 1
+        assert b"NOOP" in fresh.proxy.captured_to_server()
+
+    # news reach a held folder: NOOP reports them and the delta has them
+    append(stack, mail_user, messages(mail_user, 1))
+    fresh.proxy.clear_traffic()
+    news = changes_since(fresh.imap, "INBOX", cursor, mode=mode, hold=True)
+    assert news.new_uids == [4] and news.cursor.uidnext == 5
+    assert news.round_trips == commands_sent(fresh.proxy)
+    # a flag change alone: seen with mod-sequences, ignored (one NOOP) without
+    with stack.imap(mail_user) as other:
+        other.select_folder("INBOX")
+        other.add_flags([1], [b"\\Flagged"])
+    fresh.proxy.clear_traffic()
+    flagged = changes_since(fresh.imap, "INBOX", news.cursor, mode=mode, hold=True)
+    if mode == "uid_diff":
+        assert flagged.is_empty and flagged.round_trips == 1
+    else:
+        assert set(flagged.changed) == {1} and not flagged.new_uids

@@ -138,6 +138,7 @@ def changes_since(
     *,
     known_uids: Callable[[], Iterable[int]] | None = None,
     mode: Mode | None = None,
+    hold: bool = False,
 ) -> Delta:
     """The changes of FOLDER since CURSOR (None: first sync, every present UID is new).
 
@@ -145,6 +146,10 @@ def changes_since(
     UIDVALIDITY); it is called at most once, and only when expunges must be found by diffing.
     MODE is the best mode to use (None: the best the session offers); the mode actually used
     is ``Delta.mode``. The folder is left selected read-only unless the delta was empty.
+
+    HOLD (for a long-lived session that polls the same folder) leaves the folder selected
+    even when nothing changed, so the next poll is a NOOP instead of a STATUS: constant cost
+    whatever the folder's size, once the first poll has selected it.
     """
     if mode is not None and mode not in MODES:
         raise ValueError(f"unknown sync mode {mode!r}; use one of {', '.join(MODES)}")
@@ -157,22 +162,37 @@ def changes_since(
     # a cursor without HIGHESTMODSEQ gains it here when the chosen mode uses mod-sequences
     with_modseq = chosen != "uid_diff"
 
+    # Held folder: a session that still has the folder selected at exactly the cursor's state
+    # (the previous poll left it so) asks NOOP, which costs the same for any folder size;
+    # STATUS and EXAMINE make Dovecot map the folder's whole index (~4.5 ms at 100k).
+    state: FolderState | None = None
+    held = session.selected
+    if (
+        held is not None
+        and held.folder == folder
+        and Cursor.from_state(held, with_modseq=with_modseq) == _comparable(cursor, with_modseq)
+    ):
+        run.trips += 1
+        if session.noop_quiet(flags=modseq_usable):
+            return Delta(cursor=cursor, mode=chosen, round_trips=run.trips)
+        # News: the held view is stale. Leave the folder and look as a fresh poll would (a
+        # re-EXAMINE of the same folder within the session misses Dovecot's VANISHED EARLIER).
+
     # The cheap check is STATUS (0.15 ms at 100k messages, against ~2 ms for EXAMINE). But
     # Dovecot answers STATUS on the *selected* folder from the session's own stale view
     # ("[CLIENTBUG]"), so a folder left selected by the last poll is unselected first; without
     # UNSELECT the EXAMINE answer is the check instead.
-    state: FolderState | None = None
-    if session.selected is not None and session.selected.folder == folder:
+    if state is None and session.selected is not None and session.selected.folder == folder:
         if session.unselect():
             run.trips += 1
         else:
             state = run.select()
+    if state is None and hold:
+        state = run.select()  # EXAMINE: the folder stays selected for NOOP polls
+    selected = state is not None
     if state is None:
         state = session.status(folder, modseq=with_modseq)
         run.trips += 1
-        selected = False
-    else:
-        selected = True
     if state.uidvalidity != cursor.uidvalidity:
         return run.full_listing(uidvalidity_changed=True, state=state if selected else None)
     if run.unchanged(state, cursor, modseq_usable=modseq_usable):
@@ -190,6 +210,10 @@ def changes_since(
     if not modseq_usable:
         return run.uid_diff(cursor, state, modseq_for_cursor=with_modseq)
     return run.condstore(cursor, state)
+
+
+def _comparable(cursor: Cursor, with_modseq: bool) -> Cursor:
+    return cursor if with_modseq else Cursor(cursor.uidvalidity, cursor.uidnext)
 
 
 def choose_mode(session: ImapSession, preferred: Mode | None = None) -> Mode:

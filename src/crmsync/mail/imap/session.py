@@ -76,6 +76,8 @@ LOGOUT_TIMEOUT = 5.0
 # Response codes (RFC 5530) that mean "try again later" when a command is refused.
 TRANSIENT_CODES = frozenset({"UNAVAILABLE", "INUSE", "LIMIT", "SERVERBUG", "EXPUNGEISSUED"})
 _RESPONSE_CODE = re.compile(r"\[([A-Z][A-Z0-9-]*)")
+_CHANGE_RESPONSES = ("EXISTS", "EXPUNGE", "VANISHED", "FETCH", "RECENT")
+_CHANGE_KINDS = frozenset(k.encode() for k in _CHANGE_RESPONSES)
 _KEYWORD = re.compile(r"\$?[A-Za-z0-9_.-]{1,64}")
 
 
@@ -270,6 +272,9 @@ class ImapSession:
                 self._raise_if_missing(client, folder, exc)
                 raise
             state = self._folder_state(client, folder, response)
+            # the selection's own EXISTS/RECENT are its state, not changes since (noop_quiet)
+            for key in _CHANGE_RESPONSES:
+                client._imap.untagged_responses.pop(key, None)
         self.selected = state
         self.permanent_flags = frozenset(
             f.decode("utf-8", "replace") if isinstance(f, bytes) else str(f)
@@ -389,6 +394,37 @@ class ImapSession:
         # QRESYNC implies CONDSTORE (RFC 7162 3.2.3)
         self._condstore = self._condstore or self._qresync
         return sent
+
+    def noop_quiet(self, *, flags: bool = True) -> bool:
+        """``NOOP`` on the selected folder: True when the server reports no change since the
+        folder was selected (no EXISTS, EXPUNGE, VANISHED, FETCH or new HIGHESTMODSEQ, now or
+        left over from earlier commands).
+
+        Holding a folder selected and asking NOOP costs the same at 1k and 100k messages,
+        while STATUS and EXAMINE make Dovecot map the folder's whole index (~4.5 ms at 100k).
+        After a False answer the session's view is stale: select the folder again. FLAGS False
+        ignores flag changes (FETCH), for callers that cannot use them anyway (UID diff).
+        """
+        client = self._live_selected()
+        pending = client._imap.untagged_responses
+        # changes reported while other commands ran, which NOOP would not return again
+        counted = (
+            _CHANGE_RESPONSES if flags else tuple(k for k in _CHANGE_RESPONSES if k != "FETCH")
+        )
+        leftover = any(pending.get(key) for key in counted)
+        for key in _CHANGE_RESPONSES:
+            pending.pop(key, None)
+        with self._translate("checking the folder for changes"):
+            _text, responses = client.noop()
+        if leftover:
+            return False
+        for response in responses:
+            # "* 4 EXISTS" parses as (4, b'EXISTS'), "* VANISHED 5,7" as (b'VANISHED', b'5,7')
+            items = response[:2] if isinstance(response, tuple) else (response,)
+            kinds = {i.upper() for i in items if isinstance(i, bytes)} & _CHANGE_KINDS
+            if kinds and (flags or kinds != {b"FETCH"}):
+                return False
+        return True
 
     def unselect(self) -> bool:
         """``UNSELECT`` (one command): leave the folder without expunging anything.
