@@ -70,6 +70,7 @@ log = structlog.get_logger("crmsync.sync.incoming")
 TRACKED_KEYWORD = "$CRMTracked"
 """Set on a tracked message's server copy, so mail clients can show it (reference §5)."""
 MAILBOX_LOCK_CLASS = 1768
+MARK_CHUNK = 2000
 DEFAULT_BATCH_SIZE = 200
 """Messages per transaction: big enough to amortize the look-ups, small enough that a crash
 redoes little and a transaction holds its locks briefly."""
@@ -415,6 +416,8 @@ def _undecided(
                 )
             )
         )
+    if not done and not due:
+        return list(uids)  # a first sync: nothing decided yet (and no 100k-element set)
     return sorted((set(uids) - done) | due)
 
 
@@ -465,35 +468,51 @@ def _run_batch(
 def _mark_tracked(
     engine: Engine, imap: ImapSession, ctx: MailboxContext, folder: FolderContext
 ) -> None:
-    """Give tracked messages the keyword (also ones a crash left unmarked)."""
-    with Session(engine) as session:
-        rows = list(
-            session.execute(
-                sa.select(MessageDecision.id, MessageDecision.uid).where(
-                    MessageDecision.mailbox_id == ctx.mailbox_id,
-                    MessageDecision.folder == folder.name,
-                    MessageDecision.uidvalidity == folder.uidvalidity,
-                    MessageDecision.outcome.in_((Outcome.TRACKED, Outcome.LINKED)),
-                    MessageDecision.marked.is_(False),
+    """Give tracked messages the keyword (also ones a crash left unmarked), in chunks, so a
+    100k-message first sync never builds one 100k-UID command or statement."""
+    where = (
+        MessageDecision.mailbox_id == ctx.mailbox_id,
+        MessageDecision.folder == folder.name,
+        MessageDecision.uidvalidity == folder.uidvalidity,
+    )
+    selected = warned = False
+    after = 0
+    while True:
+        with Session(engine) as session:
+            chunk = list(
+                session.scalars(
+                    sa.select(MessageDecision.uid)
+                    .where(
+                        *where,
+                        MessageDecision.outcome.in_((Outcome.TRACKED, Outcome.LINKED)),
+                        MessageDecision.marked.is_(False),
+                        MessageDecision.uid > after,
+                    )
+                    .order_by(MessageDecision.uid)
+                    .limit(MARK_CHUNK)
                 )
             )
-        )
-    if not rows:
-        return
-    imap.select(folder.name, readonly=False)
-    if not imap.add_keyword([r.uid for r in rows], TRACKED_KEYWORD):
-        log.info(
-            "the folder keeps no custom keywords; tracked messages are not marked",
-            mailbox_id=str(ctx.mailbox_id),
-            folder=folder.name,
-        )
-    with Session(engine) as session, session.begin():
-        session.execute(
-            sa.update(MessageDecision)
-            .where(MessageDecision.id.in_([r.id for r in rows]))
-            .values(marked=True)
-        )
-    imap.unselect()
+        if not chunk:
+            break
+        after = chunk[-1]
+        if not selected:
+            imap.select(folder.name, readonly=False)
+            selected = True
+        if not imap.add_keyword(chunk, TRACKED_KEYWORD) and not warned:
+            warned = True  # the decisions still count as marked: there is nothing to retry
+            log.info(
+                "the folder keeps no custom keywords; tracked messages are not marked",
+                mailbox_id=str(ctx.mailbox_id),
+                folder=folder.name,
+            )
+        with Session(engine) as session, session.begin():
+            session.execute(
+                sa.update(MessageDecision)
+                .where(*where, MessageDecision.uid.in_(chunk))
+                .values(marked=True)
+            )
+    if selected:
+        imap.unselect()
 
 
 def _record_uidvalidity_change(
