@@ -186,3 +186,29 @@ def test_a_broken_server_password_is_recorded_on_the_mailbox(world: SyncWorld) -
         assert mailbox.last_error_code == "AuthenticationFailed"
         assert mailbox.last_error_count == 1
         assert "wrong password" not in (mailbox.last_error_message or "")
+
+
+def test_huge_messages_are_quarantined_and_big_ones_fetched_a_few_at_a_time(
+    world: SyncWorld, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import crmsync.sync.batch as batch
+
+    # the limits are 150 MB and 32 MB; scaled down so a test can cross them
+    monkeypatch.setattr(batch, "MAX_MESSAGE_BYTES", 60_000)
+    monkeypatch.setattr(batch, "FETCH_GROUP_BYTES", 25_000)
+    anna = world.user("anna")
+    for i in range(4):
+        world.append(
+            anna,
+            make_mail(sender="a@x.test", to=anna.address, subject=f"ok {i}", body="x" * 10_000),
+        )
+    world.append(
+        anna, make_mail(sender="a@x.test", to=anna.address, subject="huge", body="y" * 80_000)
+    )
+
+    report = world.sync(anna)
+
+    assert (report.tracked, report.quarantined) == (4, 1)
+    huge = next(d for d in world.decisions(anna) if d.outcome is Outcome.QUARANTINED)
+    assert huge.reason == "fetch_failed" and "over crmsync's limit" in huge.detail
+    assert sorted(e.subject for e in world.emails()) == [f"ok {i}" for i in range(4)]

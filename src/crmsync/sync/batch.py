@@ -72,6 +72,10 @@ MAX_ATTEMPTS = 10
 """Quarantined this often, a message is left ``failed`` (no more automatic retries)."""
 FIRST_RETRY = timedelta(minutes=5)
 LONGEST_RETRY = timedelta(hours=6)
+MAX_MESSAGE_BYTES = 150 * 1024 * 1024
+"""Larger messages are quarantined, not fetched (Dynamics' largest attachment is 128 MB)."""
+FETCH_GROUP_BYTES = 32 * 1024 * 1024
+"""Whole messages fetched (and held in memory) at once, at most: big mail goes a few at a time."""
 DEDUPE_LOCK_CLASS = 1769
 """Advisory-lock namespace of dedupe keys (the schema upgrade and mailbox locks use others)."""
 
@@ -199,13 +203,22 @@ def process_batch(
     lookup = BatchLookup.load(session, _keys(copies), smart)
     plans = [_plan(ctx, folder, lookup, copy, now) for copy in copies]
 
-    creating = [p for p in plans if p.outcome is Outcome.TRACKED]
     parsed_by_uid: dict[int, ParseResult] = {}
-    if creating and ctx.plan.full_message:
-        bodies = fetch_bodies([p.copy.uid for p in creating])
-        uids = [uid for uid in (p.copy.uid for p in creating) if uid in bodies]
-        results = parse([bodies[uid] for uid in uids], ctx.max_attachment_bytes)
-        parsed_by_uid = dict(zip(uids, results, strict=True))
+    if ctx.plan.full_message:
+        for plan in plans:
+            size = plan.copy.fetch.size or 0
+            if plan.outcome is Outcome.TRACKED and size > MAX_MESSAGE_BYTES:
+                _fail(
+                    plan,
+                    ServiceReason.FETCH_FAILED,
+                    f"the message is {size:,} bytes, over crmsync's limit of "
+                    f"{MAX_MESSAGE_BYTES:,} bytes for one message; it is not fetched",
+                )
+        for group in _by_size([p for p in plans if p.outcome is Outcome.TRACKED]):
+            bodies = fetch_bodies([p.copy.uid for p in group])
+            uids = [p.copy.uid for p in group if p.copy.uid in bodies]
+            results = parse([bodies[uid] for uid in uids], ctx.max_attachment_bytes)
+            parsed_by_uid.update(zip(uids, results, strict=True))
 
     failed: set[uuid.UUID] = set()
     rows = BatchRows()
@@ -722,6 +735,21 @@ def quarantine(
 
 
 # ---------------------------------------------------------------------- helpers
+def _by_size(plans: Sequence[_Plan]) -> Iterable[list[_Plan]]:
+    """Consecutive groups of at most FETCH_GROUP_BYTES (by the server's RFC822.SIZE)."""
+    group: list[_Plan] = []
+    total = 0
+    for plan in plans:
+        size = plan.copy.fetch.size or 0
+        if group and total + size > FETCH_GROUP_BYTES:
+            yield group
+            group, total = [], 0
+        group.append(plan)
+        total += size
+    if group:
+        yield group
+
+
 def _keys(copies: Sequence[MessageCopy]) -> BatchKeys:
     addresses: set[str] = set()
     ids: set[str] = set()
