@@ -9,12 +9,15 @@ report = world.sync(anna)
 
 from __future__ import annotations
 
+import subprocess
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.message import EmailMessage
 from email.utils import format_datetime
 from pathlib import Path
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
@@ -28,6 +31,7 @@ from crmsync.crm.mailboxes import ApprovalStatus, Mailbox, MailboxState
 from crmsync.crm.records import BusinessUnit, Contact, Lead, User
 from crmsync.secrets import Secret, SecretBox, new_key
 from crmsync.sync.incoming import SyncReport, sync_mailbox
+from tests.clirun import run
 from tests.stackfix import MailUser, Stack
 
 LONG_AGO = datetime(2000, 1, 1, tzinfo=UTC)
@@ -50,11 +54,12 @@ class SyncWorld:
     def __init__(self, engine: Engine, stack: Stack, tmp_path: Path) -> None:
         self.engine = engine
         self.stack = stack
+        self.key = new_key()
         self.box = SecretBox(
             Settings(
                 home=tmp_path,
                 database_url=None,
-                secret_keys=(new_key(),),
+                secret_keys=(self.key,),
                 log_level="warning",
                 log_format="console",
             )
@@ -200,3 +205,33 @@ def make_mail(
         name, content = attachment
         msg.add_attachment(content, maintype="application", subtype="octet-stream", filename=name)
     return msg
+
+
+class CliWorld(SyncWorld):
+    """A SyncWorld the CLI shares (same database, same secret key), which keeps every command's
+    output and every mailbox password so a test can prove no password was ever shown."""
+
+    def __init__(self, engine: Engine, stack: Stack, tmp_path: Path, env: dict[str, str]) -> None:
+        super().__init__(engine, stack, tmp_path)
+        self.env = env | {"CRMSYNC_SECRET_KEY": self.key}
+        self.outputs: list[subprocess.CompletedProcess] = []
+        self.people: list[Person] = []
+
+    def user(self, name: str, **kwargs: Any) -> Person:
+        person = super().user(name, **kwargs)
+        self.people.append(person)
+        return person
+
+    def cli(self, *args: str) -> subprocess.CompletedProcess:
+        res = run(self.env, *args)
+        self.outputs.append(res)
+        return res
+
+    def assert_no_password_shown(self, *also: str, stored: Sequence[str] = ()) -> None:
+        """No mailbox password (nor ALSO, e.g. a wrong one tried) in any output or STORED text."""
+        secrets = [p.mail.password for p in self.people] + list(also)
+        for secret in secrets:
+            for res in self.outputs:
+                assert secret not in res.stdout + res.stderr, res.args
+            for text in stored:
+                assert secret not in text

@@ -4,8 +4,8 @@ enable/disable, sync --once, explain and activities."""
 from __future__ import annotations
 
 import json
-import subprocess
 import uuid
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -13,57 +13,26 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
-from crmsync.config import Settings
 from crmsync.crm.activities import Email
 from crmsync.crm.audit import AuditEvent
 from crmsync.crm.base import Depth, IncomingEmailFilter
 from crmsync.crm.mailboxes import ApprovalStatus, Mailbox, MailboxState
 from crmsync.crm.models import RolePrivilege, SecurityRole
 from crmsync.crm.roles import UserRole
-from crmsync.secrets import Secret, SecretBox, new_key
+from crmsync.secrets import Secret
 from tests.clirun import clean_env, run
 from tests.stackfix import Stack
-from tests.syncworld import Person, SyncWorld, make_mail
+from tests.syncworld import CliWorld as BaseCliWorld
+from tests.syncworld import Person, make_mail
 
 pytestmark = pytest.mark.integration
 
 WRONG_PASSWORD = "Not-the-password-93kd"
 
 
-class CliWorld(SyncWorld):
-    """A SyncWorld whose secret key the CLI shares (CRMSYNC_SECRET_KEY)."""
-
-    def __init__(self, engine: Engine, stack: Stack, tmp_path: Path, env: dict[str, str]) -> None:
-        super().__init__(engine, stack, tmp_path)
-        key = new_key()
-        self.box = SecretBox(
-            Settings(
-                home=tmp_path,
-                database_url=None,
-                secret_keys=(key,),
-                log_level="warning",
-                log_format="console",
-            )
-        )
-        self.env = env | {"CRMSYNC_SECRET_KEY": key}
-        self.outputs: list[subprocess.CompletedProcess] = []
-        self.people: list[Person] = []
-
-    def user(self, name: str, **kwargs) -> Person:  # type: ignore[override]
-        person = super().user(name, **kwargs)
-        self.people.append(person)
-        return person
-
-    def cli(self, *args: str) -> subprocess.CompletedProcess:
-        res = run(self.env, *args)
-        self.outputs.append(res)
-        return res
-
-    def assert_no_password_shown(self) -> None:
-        secrets = [p.mail.password for p in self.people] + [WRONG_PASSWORD]
-        for res in self.outputs:
-            for secret in secrets:
-                assert secret not in res.stdout + res.stderr, res.args
+class CliWorld(BaseCliWorld):
+    def assert_no_password_shown(self) -> None:  # type: ignore[override]
+        super().assert_no_password_shown(WRONG_PASSWORD)
 
     def grant_org_email_reader(self, person: Person) -> None:
         with Session(self.engine) as s, s.begin():
@@ -276,8 +245,9 @@ def test_activities_lists_filters_and_respects_read_access(world: CliWorld) -> N
     shared = make_mail(
         sender="carl@customer.test", to=[anna.address, bert.address], subject="For you both"
     )
-    world.append(anna, shared)
-    world.append(bert, shared)
+    earlier = datetime.now(UTC) - timedelta(minutes=5)
+    world.append(anna, shared, when=earlier)
+    world.append(bert, shared, when=earlier)
     world.append(anna, make_mail(sender="dora@else.test", to=anna.address, subject="Only anna"))
     assert world.cli("sync", "--once").returncode == 0
     with Session(world.engine) as s, s.begin():

@@ -6,12 +6,10 @@ test runs the sync in a child process (tests/integration/_sync_child.py) and SIG
 
 from __future__ import annotations
 
-import contextlib
 import os
 import queue
 import random
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -37,6 +35,7 @@ from crmsync.crm.tracking import TrackedMessage
 from crmsync.secrets import Secret, SecretBox, new_key
 from crmsync.sync.incoming import sync_mailboxes
 from tests.fixtures.mail_corpus import corpus
+from tests.forwarder import SourceForwarder
 from tests.stackfix import Stack
 from tests.syncworld import Person, SyncWorld, make_mail
 
@@ -574,40 +573,6 @@ def run_at_once(world: SyncWorld, people: list[Person]) -> list:  # type: ignore
 
 
 # ---------------------------------------------------------------------- 7. isolation
-class SourceForwarder:
-    """127.0.0.1:port -> Dovecot, connecting from 127.0.0.2: Dovecot's per-IP penalty after a
-    failed login (docs/test-stack.md, pitfall 2) then delays nobody else's logins."""
-
-    def __init__(self, target: tuple[str, int]) -> None:
-        self.target = target
-        self.server = socket.create_server(("127.0.0.1", 0))
-        self.port = self.server.getsockname()[1]
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                client, _ = self.server.accept()
-            except OSError:
-                return
-            upstream = socket.create_connection(self.target, source_address=("127.0.0.2", 0))
-            for a, b in ((client, upstream), (upstream, client)):
-                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
-
-    @staticmethod
-    def _pump(src: socket.socket, dst: socket.socket) -> None:
-        try:
-            while data := src.recv(65536):
-                dst.sendall(data)
-        except OSError:
-            pass
-        finally:
-            for s in (src, dst):
-                with contextlib.suppress(OSError):
-                    s.shutdown(socket.SHUT_RDWR)
-
-    def close(self) -> None:
-        self.server.close()
 
 
 def test_one_failing_mailbox_never_stops_the_others(world: SyncWorld, stack: Stack) -> None:

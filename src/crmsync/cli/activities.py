@@ -71,6 +71,7 @@ def activities(
             )
         query = query.order_by(
             sa.func.coalesce(Email.received_at, Email.sent_at, Email.created_at).desc(),
+            Email.created_at.desc(),  # IMAP dates have whole seconds: ties are common
             Email.id,
         ).limit(limit)
         rows: list[dict[str, Any]] = []

@@ -118,15 +118,15 @@ class FolderContext:
 
 
 @dataclass
-class BatchOutcome:
+class Counts:
+    """What happened to the message copies of a batch (and, added up, of a run)."""
+
     tracked: int = 0
     linked: int = 0
     remapped: int = 0
     quarantined: int = 0
     skipped: Counter[str] = field(default_factory=Counter)
     """Not tracked, by reason code."""
-    to_mark: list[int] = field(default_factory=list)
-    """UIDs to give the tracked keyword once the batch is committed."""
 
     @property
     def seen(self) -> int:
@@ -138,13 +138,12 @@ class BatchOutcome:
             + sum(self.skipped.values())
         )
 
-    def add(self, other: BatchOutcome) -> None:
+    def add(self, other: Counts) -> None:
         self.tracked += other.tracked
         self.linked += other.linked
         self.remapped += other.remapped
         self.quarantined += other.quarantined
         self.skipped.update(other.skipped)
-        self.to_mark.extend(other.to_mark)
 
 
 @dataclass
@@ -175,9 +174,9 @@ def process_batch(
     fetches: Sequence[HeaderFetch],
     fetch_bodies: BodyFetcher,
     parse: Parser = parse_inline,
-) -> BatchOutcome:
+) -> Counts:
     now = utcnow()
-    result = BatchOutcome()
+    result = Counts()
     existing = _existing_decisions(session, ctx, folder, [f.uid for f in fetches])
     copies: list[MessageCopy] = []
     for fetched in fetches:
@@ -274,7 +273,6 @@ def process_batch(
                     "how": TrackedHow.AUTOMATIC,
                 }
             )
-            result.to_mark.append(plan.copy.uid)
             if plan.outcome is Outcome.TRACKED:
                 result.tracked += 1
             else:
@@ -794,7 +792,7 @@ def _remap(
     ctx: MailboxContext,
     folder: FolderContext,
     copies: list[MessageCopy],
-    result: BatchOutcome,
+    result: Counts,
 ) -> list[MessageCopy]:
     """After a UIDVALIDITY change: give earlier decisions their copies' new UIDs.
 
@@ -837,7 +835,5 @@ def _remap(
         row.marked = False
         row.detail = f"{row.detail} [Re-mapped from {old} after the folder's UIDVALIDITY changed.]"
         result.remapped += 1
-        if row.outcome in (Outcome.TRACKED, Outcome.LINKED):
-            result.to_mark.append(copy.uid)
     session.flush()
     return remaining

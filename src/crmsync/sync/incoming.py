@@ -19,7 +19,6 @@ from __future__ import annotations
 import time
 import uuid
 import zlib
-from collections import Counter
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -55,7 +54,7 @@ from crmsync.mail.imap.errors import ImapError
 from crmsync.mail.imap.fetch import HeaderFetch
 from crmsync.secrets import SecretBox
 from crmsync.sync.batch import (
-    BatchOutcome,
+    Counts,
     FolderContext,
     MailboxContext,
     Parser,
@@ -82,17 +81,14 @@ class SyncProgress(Protocol):
     def advanced(self, count: int) -> None: ...
 
 
-@dataclass
-class SyncReport:
+@dataclass(kw_only=True)
+class SyncReport(Counts):
+    """One run of one mailbox: the counts of every batch, and how the run went."""
+
     mailbox_id: uuid.UUID
     mailbox: str = ""
     folders: list[str] = field(default_factory=list)
     modes: dict[str, str] = field(default_factory=dict)
-    tracked: int = 0
-    linked: int = 0
-    remapped: int = 0
-    quarantined: int = 0
-    skipped: Counter[str] = field(default_factory=Counter)
     busy: bool = False
     """Another run holds this mailbox; nothing was done."""
     error: str | None = None
@@ -102,25 +98,8 @@ class SyncReport:
     seconds: float = 0.0
 
     @property
-    def seen(self) -> int:
-        return (
-            self.tracked
-            + self.linked
-            + self.remapped
-            + self.quarantined
-            + sum(self.skipped.values())
-        )
-
-    @property
     def ok(self) -> bool:
         return self.error is None and not self.busy
-
-    def add(self, batch: BatchOutcome) -> None:
-        self.tracked += batch.tracked
-        self.linked += batch.linked
-        self.remapped += batch.remapped
-        self.quarantined += batch.quarantined
-        self.skipped.update(batch.skipped)
 
 
 # ---------------------------------------------------------------------- which mailboxes
@@ -428,7 +407,7 @@ def _run_batch(
     folder: FolderContext,
     fetches: list[HeaderFetch],
     parse: Parser,
-) -> BatchOutcome:
+) -> Counts:
     def fetch_bodies(uids: Sequence[int]) -> dict[int, bytes]:
         return dict(imap.fetch_messages(uids, ctx.plan))
 
@@ -455,11 +434,11 @@ def _run_batch(
             )
             with Session(engine) as session, session.begin():
                 quarantine(session, ctx, folder, fetches[0], ServiceReason.STORE_FAILED, exc)
-            out = BatchOutcome()
+            out = Counts()
             out.quarantined = 1
             return out
     # one message spoiled the batch's transaction: find it by storing them one by one
-    total = BatchOutcome()
+    total = Counts()
     for fetched in fetches:
         total.add(_run_batch(engine, imap, ctx, folder, [fetched], parse))
     return total
