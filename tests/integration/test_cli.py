@@ -55,6 +55,7 @@ def test_every_command_has_help() -> None:
         ["mailbox", "approve", "--help"],
         ["mailbox", "enable", "--help"],
         ["mailbox", "disable", "--help"],
+        ["mailbox", "test", "--help"],
         ["sync", "--help"],
         ["explain", "--help"],
         ["activities", "--help"],

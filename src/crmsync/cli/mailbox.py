@@ -1,4 +1,4 @@
-"""``crmsync mailbox``: add, list, show, approve/reject and enable/disable mailboxes."""
+"""``crmsync mailbox``: add, list, show, approve/reject, test and enable/disable mailboxes."""
 
 from __future__ import annotations
 
@@ -10,6 +10,12 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
+from crmsync.admin.connectivity import (
+    DEFAULT_TIMEOUT,
+    ConnectivityReport,
+    failed_phrase,
+    run_mailbox_test,
+)
 from crmsync.admin.mailboxes import (
     MailboxSpec,
     add_mailbox,
@@ -272,3 +278,70 @@ def disable(
         info(f"mailbox {address}: disabled")
     else:
         info(f"mailbox {address} is already disabled; nothing changed")
+
+
+@app.command("test")
+def test_command(
+    mailbox: Annotated[str, typer.Argument(help="Mailbox id, address, or owner.")],
+    enable: Annotated[
+        bool,
+        typer.Option("--enable", help="Enable the mailbox if every configured channel passes."),
+    ] = False,
+    timeout: Annotated[
+        float, typer.Option(help="Seconds each network step may wait.", min=1)
+    ] = DEFAULT_TIMEOUT,
+    json_out: JsonOpt = False,
+    as_user: ActAs = None,
+) -> None:
+    """Test the mailbox's incoming (IMAP), outgoing (SMTP) and ACT (CalDAV/CardDAV) connectivity
+    separately and record the results; never sends mail. With --enable, enable it when all
+    configured channels pass. Exit 1 when a channel fails or enabling is refused. With --as the
+    user needs approve_mailbox."""
+    ctx = Context()
+    engine = ctx.engine()
+    with session_scope(engine) as session:
+        actor = acting_actor(session, as_user, gate=may_approve_mailbox)
+        mailbox_id = find_mailbox(session, mailbox).id
+    report = run_mailbox_test(
+        engine, ctx.secret_box, mailbox_id, actor=actor, enable=enable, timeout=timeout
+    )
+    if json_out:
+        print_json(report.as_dict())
+    else:
+        out.print(connectivity_table(report))
+        _print_test_summary(report)
+    if report.enable_refused:
+        raise InvalidInput(report.enable_refused)
+    if report.failed_channels:
+        raise InvalidInput(f"mailbox {report.mailbox}: {failed_phrase(report.failed_channels)}")
+
+
+def connectivity_table(report: ConnectivityReport) -> Table:
+    rows = []
+    for r in report.results:
+        problem = r.error
+        if r.failed and r.transient is not None:
+            kind = "temporary: try again later" if r.transient else "permanent: fix, then retest"
+            problem = f"{r.error_code} ({kind}): {r.error}"
+        elif r.notes:
+            problem = "note: " + "; ".join(r.notes)
+        rows.append((r.channel.value, r.outcome.value, r.checked, problem))
+    return table(
+        f"Mailbox {report.mailbox}, tested {report.tested_at.isoformat(timespec='seconds')}",
+        ["Channel", "Result", "Checked", "Error / what to do"],
+        rows,
+    )
+
+
+def _print_test_summary(report: ConnectivityReport) -> None:
+    if report.enable is not None:
+        start = report.enable.process_after.isoformat() if report.enable.process_after else "—"
+        if report.enable.changed:
+            info(f"mailbox {report.mailbox}: enabled; processing email received after {start}")
+        else:
+            info(f"mailbox {report.mailbox} is already enabled; nothing changed")
+    elif report.all_succeeded and not report.enable_requested:
+        info(
+            f"mailbox {report.mailbox}: every configured channel passed; enable it with: "
+            f"crmsync mailbox test {report.mailbox} --enable"
+        )
