@@ -70,9 +70,11 @@ TRACKED_KEYWORD = "$CRMTracked"
 """Set on a tracked message's server copy, so mail clients can show it (reference §5)."""
 MAILBOX_LOCK_CLASS = 1768
 MARK_CHUNK = 2000
-DEFAULT_BATCH_SIZE = 200
-"""Messages per transaction: big enough to amortize the look-ups, small enough that a crash
-redoes little and a transaction holds its locks briefly."""
+DEFAULT_BATCH_SIZE = 500
+"""Messages per transaction. Each batch pays a fixed cost per table it COPYs into (~15 ms on
+the test machine): 200 a batch spent 1.5 s of 5.3 s on 3,000 messages storing rows, 500 spent
+0.7 s of 4.2 s. Bigger batches gain little more (1,000: 0.6 s), redo more after a crash and
+hold their dedupe locks longer."""
 
 
 class SyncProgress(Protocol):
