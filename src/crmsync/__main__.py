@@ -1,3 +1,7 @@
+"""``python -m crmsync``: the same as the ``crmsync`` command."""
+
 from crmsync.cli import main
 
-main()
+# Guarded: worker processes (the parser pool) must never run the command again on import.
+if __name__ == "__main__":
+    main()
