@@ -29,3 +29,17 @@ class NotFound(CrmsyncError):
 
 class InvalidInput(CrmsyncError):
     """A value given on the command line or in a file is not acceptable."""
+
+
+class ServerError(CrmsyncError):
+    """A mail or calendar server failed us. ``transient`` says whether retrying later can help:
+    the scheduler backs off and retries transient errors, and disables the mailbox at once on
+    permanent ones (docs/scheduling.md). Each protocol adapter (IMAP, SMTP, DAV) derives its own
+    taxonomy from it; a class sets its default, an instance may override it."""
+
+    transient: bool = False
+
+    def __init__(self, message: str, *, transient: bool | None = None) -> None:
+        super().__init__(message)
+        if transient is not None:
+            self.transient = transient

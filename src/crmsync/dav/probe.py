@@ -23,7 +23,7 @@ import ssl
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
-from crmsync.errors import CrmsyncError, InvalidInput
+from crmsync.errors import InvalidInput, ServerError
 from crmsync.mail.imap.endpoint import is_loopback_address
 from crmsync.secrets import Secret
 
@@ -37,15 +37,8 @@ PROPFIND_BODY = (
 SourceAddress = tuple[str, int]
 
 
-class DavError(CrmsyncError):
+class DavError(ServerError):
     """Base of every DAV adapter error; ``transient`` tells whether retrying later can help."""
-
-    transient: bool = False
-
-    def __init__(self, message: str, *, transient: bool | None = None) -> None:
-        super().__init__(message)
-        if transient is not None:
-            self.transient = transient
 
 
 class DavAuthenticationFailed(DavError):

@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from typing import NoReturn, TypeVar
 from urllib.parse import urlsplit
 
-from crmsync.errors import CrmsyncError, InvalidInput
+from crmsync.errors import InvalidInput, ServerError
 from crmsync.mail.imap.endpoint import TransportDecision, decide_transport
 from crmsync.secrets import Secret
 
@@ -42,15 +42,8 @@ T = TypeVar("T")
 
 
 # ---------------------------------------------------------------------- errors
-class SmtpError(CrmsyncError):
+class SmtpError(ServerError):
     """Base of every SMTP adapter error; ``transient`` tells whether retrying later can help."""
-
-    transient: bool = False
-
-    def __init__(self, message: str, *, transient: bool | None = None) -> None:
-        super().__init__(message)
-        if transient is not None:
-            self.transient = transient
 
 
 class SmtpAuthenticationFailed(SmtpError):

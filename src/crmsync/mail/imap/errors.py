@@ -12,18 +12,11 @@ server condition to retry or to show to a user as their problem.
 
 from __future__ import annotations
 
-from crmsync.errors import CrmsyncError
+from crmsync.errors import ServerError
 
 
-class ImapError(CrmsyncError):
+class ImapError(ServerError):
     """Base of every IMAP adapter error; ``transient`` tells the scheduler whether to retry."""
-
-    transient: bool = False
-
-    def __init__(self, message: str, *, transient: bool | None = None) -> None:
-        super().__init__(message)
-        if transient is not None:
-            self.transient = transient
 
 
 class AuthenticationFailed(ImapError):
