@@ -304,6 +304,33 @@ def test_sigkill_at_random_moments_loses_and_doubles_nothing(
         client.select_folder("INBOX", readonly=True)
         assert len(client.search(["KEYWORD", "$CRMTracked"])) == n
 
+    # the killed runs' parser workers (and their forkserver) noticed and ended
+    orphans: list[int] = []
+    for _ in range(50):
+        orphans = orphaned_parser_processes()
+        if not orphans:
+            break
+        time.sleep(0.2)
+    assert orphans == [], f"parser processes outlived their killed sync: {orphans}"
+
+
+def orphaned_parser_processes() -> list[int]:
+    """Forkserver processes (and pool workers) of crmsync's parser whose owner is gone: the
+    forkserver is re-parented to init (PID 1) when the process that started it dies."""
+    found: list[int] = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes()
+            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+        parser = b"multiprocessing.forkserver" in cmdline and b"crmsync.sync.parsing" in cmdline
+        if parser and ppid == 1:
+            found.append(int(entry.name))
+    return found
+
 
 # ---------------------------------------------------------------------- 2. UIDVALIDITY
 def doveadm(stack: Stack, *args: str) -> str:

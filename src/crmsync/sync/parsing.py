@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import threading
+import time
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -38,6 +40,30 @@ def parse_inline(raws: Sequence[bytes], max_attachment_bytes: int) -> list[Parse
     return [parse_one(raw, max_attachment_bytes) for raw in raws]
 
 
+PARENT_CHECK_SECONDS = 1.0
+
+
+def _exit_with(parent: int) -> None:
+    """In a worker: end when the process that owns the pool is gone.
+
+    A pool's workers wait on a queue whose writing end they hold themselves, so a parent that
+    dies without closing the pool (SIGKILL, OOM killer) would leave them, and the forkserver
+    they keep alive, waiting forever.
+    """
+
+    def watch() -> None:
+        while True:
+            time.sleep(PARENT_CHECK_SECONDS)
+            try:
+                os.kill(parent, 0)
+            except ProcessLookupError:
+                os._exit(0)
+            except PermissionError:
+                pass  # it exists (owned by another user): keep waiting
+
+    threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
+
+
 class ParserPool:
     """A callable parser that uses worker processes for big batches; ``close()`` when done."""
 
@@ -54,7 +80,12 @@ class ParserPool:
             # preloading just this module also gives the workers the parser ready-imported.
             context = multiprocessing.get_context("forkserver")
             context.set_forkserver_preload([__name__])
-            self._pool = ProcessPoolExecutor(max_workers=self.workers, mp_context=context)
+            self._pool = ProcessPoolExecutor(
+                max_workers=self.workers,
+                mp_context=context,
+                initializer=_exit_with,
+                initargs=(os.getpid(),),
+            )
         chunk = max(1, len(raws) // (self.workers * 4))
         try:
             return list(
