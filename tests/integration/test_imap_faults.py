@@ -16,6 +16,7 @@ import traceback
 
 import pytest
 
+from crmsync import transport as transport_module
 from crmsync.mail.imap import (
     AuthenticationFailed,
     ConnectionLost,
@@ -25,7 +26,6 @@ from crmsync.mail.imap import (
     InsecureTransportRefused,
     ServerUnavailable,
 )
-from crmsync.mail.imap import endpoint as endpoint_module
 from crmsync.secrets import Secret
 from tests.integration.test_imap_session import (
     EVERYTHING,
@@ -158,7 +158,7 @@ def test_clear_text_login_to_a_non_loopback_host_is_refused(
     stack: Stack, mail_user: MailUser, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # Dovecot in the stack offers no STARTTLS; pretend its address is not loopback
-    monkeypatch.setattr(endpoint_module, "is_loopback_address", lambda address: False)
+    monkeypatch.setattr(transport_module, "is_loopback_address", lambda address: False)
     with FaultProxy((stack.host, stack.imap_port)) as proxy:
         with pytest.raises(InsecureTransportRefused) as caught:
             open_imap(stack, mail_user, via=proxy)

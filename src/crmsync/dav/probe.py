@@ -21,11 +21,10 @@ import http.client
 import socket
 import ssl
 from dataclasses import dataclass
-from urllib.parse import urlsplit
 
-from crmsync.errors import InvalidInput, ServerError
-from crmsync.mail.imap.endpoint import is_loopback_address
+from crmsync.errors import ServerError
 from crmsync.secrets import Secret
+from crmsync.transport import host_port, is_loopback_address, parse_server_url
 
 DEFAULT_TIMEOUT = 15.0
 MAX_BODY = 1024 * 1024
@@ -89,28 +88,12 @@ class _Target:
 
     @property
     def display(self) -> str:
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"{self.scheme}://{host}:{self.port}{self.path}"
+        return f"{self.scheme}://{host_port(self.host, self.port)}{self.path}"
 
 
 def _parse(url: str) -> _Target:
-    text = url.strip()
-    parts = urlsplit(text)
-    scheme = parts.scheme.lower()
-    if scheme not in ("http", "https"):
-        raise InvalidInput(f"DAV URL {text!r}: the scheme must be http:// or https://")
-    if not parts.hostname:
-        raise InvalidInput(f"DAV URL {text!r} names no host")
-    if parts.password is not None:
-        raise InvalidInput(
-            "a DAV URL must not contain a password; give it through the environment or the prompt"
-        )
-    try:
-        port = parts.port
-    except ValueError:
-        raise InvalidInput(f"DAV URL {text!r} has an invalid port") from None
-    if port == 0:
-        raise InvalidInput(f"DAV URL {text!r} has an invalid port")
+    parts, port = parse_server_url(url, "DAV", ("http", "https"))
+    scheme = parts.scheme
     path = parts.path or "/"
     if parts.query:
         path += "?" + parts.query

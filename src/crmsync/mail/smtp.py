@@ -12,7 +12,7 @@ URLs (the schemes ``crmsync.admin.mailboxes.validate_url`` accepts):
 - ``submission://host[:587]`` and ``smtp://host[:25]``: STARTTLS whenever the server offers it.
   Without STARTTLS the password would cross the network in clear text, which crmsync allows only
   to a loopback address, decided on the address actually connected to (the IMAP adapter's
-  policy, ``crmsync.mail.imap.endpoint.decide_transport``).
+  policy, ``crmsync.transport.decide_transport``).
 
 Every failure is an ``SmtpError`` whose ``transient`` says whether trying later can help. Messages
 name the server and the user and say what to do; they never contain the password (server replies
@@ -29,11 +29,10 @@ import ssl
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import NoReturn, TypeVar
-from urllib.parse import urlsplit
 
-from crmsync.errors import InvalidInput, ServerError
-from crmsync.mail.imap.endpoint import TransportDecision, decide_transport
+from crmsync.errors import ServerError
 from crmsync.secrets import Secret
+from crmsync.transport import TransportDecision, decide_transport, host_port, parse_server_url
 
 DEFAULT_TIMEOUT = 15.0
 DEFAULT_PORTS = {"smtp": 25, "submission": 587, "smtps": 465}
@@ -77,26 +76,8 @@ class SmtpEndpoint:
 
     @classmethod
     def from_url(cls, url: str) -> SmtpEndpoint:
-        text = url.strip()
-        parts = urlsplit(text)
-        scheme = parts.scheme.lower()
-        if scheme not in DEFAULT_PORTS:
-            raise InvalidInput(
-                f"SMTP URL {text!r}: the scheme must be smtp://, submission:// or smtps://"
-            )
-        if not parts.hostname:
-            raise InvalidInput(f"SMTP URL {text!r} names no host")
-        if parts.password is not None:
-            raise InvalidInput(
-                "an SMTP URL must not contain a password; give it through the environment or "
-                "the prompt"
-            )
-        try:
-            port = parts.port
-        except ValueError:
-            raise InvalidInput(f"SMTP URL {text!r} has an invalid port") from None
-        if port == 0:
-            raise InvalidInput(f"SMTP URL {text!r} has an invalid port")
+        parts, port = parse_server_url(url, "SMTP", ("smtp", "submission", "smtps"))
+        scheme = parts.scheme
         return cls(scheme, parts.hostname, port or DEFAULT_PORTS[scheme])
 
     @property
@@ -105,8 +86,7 @@ class SmtpEndpoint:
 
     @property
     def display(self) -> str:
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"{host}:{self.port}"
+        return host_port(self.host, self.port)
 
 
 @dataclass

@@ -4,13 +4,7 @@ Everything a sync service needs is importable from here; the submodules hold the
 """
 
 from crmsync.mail.imap.delta import Cursor, Delta, changes_since
-from crmsync.mail.imap.endpoint import (
-    ImapEndpoint,
-    Security,
-    TransportDecision,
-    decide_transport,
-    is_loopback_address,
-)
+from crmsync.mail.imap.endpoint import ImapEndpoint, Security
 from crmsync.mail.imap.errors import (
     AuthenticationFailed,
     CommandFailed,
@@ -28,6 +22,7 @@ from crmsync.mail.imap.errors import (
 from crmsync.mail.imap.fetch import FolderState, HeaderFetch, header_fetch_items
 from crmsync.mail.imap.headers import Address, MessageHeaders, parse_headers
 from crmsync.mail.imap.session import DEFAULT_BATCH_SIZE, DEFAULT_TIMEOUT, ImapSession
+from crmsync.transport import TransportDecision, decide_transport, is_loopback_address
 
 __all__ = [
     "DEFAULT_BATCH_SIZE",

@@ -37,12 +37,7 @@ from imapclient.response_parser import parse_fetch_response
 
 from crmsync.core.privacy import FetchPlan
 from crmsync.mail.imap._client import ConnectingIMAPClient, SourceAddress
-from crmsync.mail.imap.endpoint import (
-    ImapEndpoint,
-    Security,
-    TransportDecision,
-    decide_transport,
-)
+from crmsync.mail.imap.endpoint import ImapEndpoint, Security
 from crmsync.mail.imap.errors import (
     AuthenticationFailed,
     CommandFailed,
@@ -66,6 +61,7 @@ from crmsync.mail.imap.fetch import (
     int_or_none,
 )
 from crmsync.secrets import Secret
+from crmsync.transport import TransportDecision, decide_transport
 
 DEFAULT_TIMEOUT = 30.0
 DEFAULT_BATCH_SIZE = 500
