@@ -25,10 +25,11 @@ from sqlalchemy.orm import Session
 
 from crmsync.config import Settings
 from crmsync.crm.activities import Email
-from crmsync.crm.base import IncomingEmailFilter
+from crmsync.crm.base import Depth, IncomingEmailFilter
 from crmsync.crm.decisions import MessageDecision
 from crmsync.crm.mailboxes import ApprovalStatus, Mailbox, MailboxState
 from crmsync.crm.records import BusinessUnit, Contact, Lead, User
+from crmsync.crm.roles import RolePrivilege, SecurityRole, UserRole
 from crmsync.secrets import Secret, SecretBox, new_key
 from crmsync.sync.incoming import SyncReport, sync_mailbox
 from tests.clirun import run
@@ -221,6 +222,15 @@ class CliWorld(SyncWorld):
         person = super().user(name, **kwargs)
         self.people.append(person)
         return person
+
+    def grant(self, person: Person, privilege: str, depth: Depth) -> None:
+        """Give PERSON a new role holding PRIVILEGE at DEPTH."""
+        with Session(self.engine) as s, s.begin():
+            role = SecurityRole(name=f"{privilege}-{uuid.uuid4().hex[:6]}")
+            role.privileges = [RolePrivilege(privilege=privilege, depth=depth)]
+            s.add(role)
+            s.flush()
+            s.add(UserRole(user_id=person.user_id, role_id=role.id))
 
     def cli(self, *args: str) -> subprocess.CompletedProcess:
         res = run(self.env, *args)

@@ -4,7 +4,6 @@ enable/disable, sync --once, explain and activities."""
 from __future__ import annotations
 
 import json
-import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -17,8 +16,6 @@ from crmsync.crm.activities import Email
 from crmsync.crm.audit import AuditEvent
 from crmsync.crm.base import Depth, IncomingEmailFilter
 from crmsync.crm.mailboxes import ApprovalStatus, Mailbox, MailboxState
-from crmsync.crm.models import RolePrivilege, SecurityRole
-from crmsync.crm.roles import UserRole
 from crmsync.secrets import Secret
 from tests.clirun import clean_env, run
 from tests.stackfix import Stack
@@ -35,12 +32,7 @@ class CliWorld(BaseCliWorld):
         super().assert_no_password_shown(WRONG_PASSWORD)
 
     def grant_org_email_reader(self, person: Person) -> None:
-        with Session(self.engine) as s, s.begin():
-            role = SecurityRole(name=f"reader-{uuid.uuid4().hex[:6]}")
-            role.privileges = [RolePrivilege(privilege="read:email", depth=Depth.ORGANIZATION)]
-            s.add(role)
-            s.flush()
-            s.add(UserRole(user_id=person.user_id, role_id=role.id))
+        self.grant(person, "read:email", Depth.ORGANIZATION)
 
     def username(self, person: Person) -> str:
         return person.mail.username

@@ -9,7 +9,6 @@ import contextlib
 import json
 import socket
 import threading
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -22,8 +21,6 @@ from crmsync.crm.audit import AuditEvent
 from crmsync.crm.base import Depth
 from crmsync.crm.mailboxes import ApprovalStatus, Mailbox, MailboxState
 from crmsync.crm.mailboxes import TestStatus as Status
-from crmsync.crm.models import RolePrivilege, SecurityRole
-from crmsync.crm.roles import UserRole
 from crmsync.dav import DavInsecureTransportRefused, probe_collection
 from crmsync.mail.smtp import SmtpInsecureTransportRefused, check_smtp
 from crmsync.secrets import Secret
@@ -273,12 +270,7 @@ def test_as_is_gated_and_approval_still_applies(world: ProbeWorld) -> None:
     assert denied.returncode == 1 and "approve_mailbox" in denied.stderr
     assert world.mailbox(fred).tested_at is None  # refused before anything was tested
 
-    with Session(world.engine) as s, s.begin():
-        role = SecurityRole(name=f"approver-{uuid.uuid4().hex[:6]}")
-        role.privileges = [RolePrivilege(privilege="approve_mailbox", depth=Depth.ORGANIZATION)]
-        s.add(role)
-        s.flush()
-        s.add(UserRole(user_id=outsider.user_id, role_id=role.id))
+    world.grant(outsider, "approve_mailbox", Depth.ORGANIZATION)
 
     # every channel passes, but the organization processes only approved mailboxes
     res = world.cli("mailbox", "test", fred.address, "--enable", "--as", outsider.mail.username)

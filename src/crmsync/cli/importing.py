@@ -6,10 +6,9 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from crmsync.cli.context import Context
-from crmsync.cli.output import err, info, out, print_json, table
+from crmsync.cli.output import err, info, out, print_json, progress_bar, table
 from crmsync.importing import ImportReport, ProgressEvent, import_files
 
 MAX_ERRORS_SHOWN = 50
@@ -32,15 +31,7 @@ def import_command(
     ctx = Context()
     engine = ctx.engine()
     show_bar = not json_out and err.is_terminal
-    with Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        console=err,
-        disable=not show_bar,
-        transient=True,
-    ) as bar:
+    with progress_bar(show=show_bar, transient=True) as bar:
         task = bar.add_task("reading files", total=None)
 
         def on_progress(event: ProgressEvent) -> None:

@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 # Piped or redirected output has no terminal width; rich would assume 80 columns and fold
@@ -28,6 +29,19 @@ def table(title: str | None, columns: Sequence[str], rows: Sequence[Sequence[Any
     for row in rows:
         t.add_row(*("—" if v is None else str(v) for v in row))
     return t
+
+
+def progress_bar(*, show: bool = True, transient: bool = False) -> Progress:
+    """The progress bar of long commands, on stderr: what, how far of how much, how long."""
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=err,
+        disable=not show,
+        transient=transient,
+    )
 
 
 def info(message: str) -> None:

@@ -13,19 +13,12 @@ from typing import Annotated, Any
 import sqlalchemy as sa
 import typer
 from rich.markup import escape
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    TaskID,
-    TextColumn,
-    TimeElapsedColumn,
-)
+from rich.progress import Progress, TaskID
 from sqlalchemy.orm import Session
 
 from crmsync.admin.mailboxes import find_mailbox, list_mailboxes
 from crmsync.cli.context import Context
-from crmsync.cli.output import err, out, print_json, table
+from crmsync.cli.output import err, out, print_json, progress_bar, table
 from crmsync.crm.mailboxes import ApprovalStatus, Mailbox, MailboxState, SyncMethod
 from crmsync.crm.settings import get_setting
 from crmsync.db import session_scope
@@ -180,14 +173,7 @@ def sync_command(
         names = {row.id: row.email_address for row in session.execute(query)}
     box = ctx.secret_box
     if err.is_terminal:
-        with Progress(
-            TextColumn("{task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeElapsedColumn(),
-            console=err,
-            transient=False,
-        ) as bar:
+        with progress_bar() as bar:
             reports = sync_mailboxes(engine, box=box, mailbox_ids=ids, progress=BarProgress(bar))
     else:
         reports = sync_mailboxes(engine, box=box, mailbox_ids=ids)
