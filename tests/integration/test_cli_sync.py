@@ -116,7 +116,7 @@ def test_sync_once_tracks_summarizes_and_reports_a_failing_mailbox(world: CliWor
 
     plain = world.cli("sync")
     assert plain.returncode == 2
-    assert "use --once" in plain.stderr and "crmsync run" in plain.stderr
+    assert "--once syncs in this process" in plain.stderr and "crmsync run" in plain.stderr
 
     res = world.cli("sync", "--once")
     assert res.returncode == 1, res.stderr
@@ -136,10 +136,16 @@ def test_sync_once_tracks_summarizes_and_reports_a_failing_mailbox(world: CliWor
     assert (report["seen"], report["tracked"], report["error"]) == (2, 2, None)
     assert report["folders"] == ["INBOX"] and report["modes"]["INBOX"]
 
+    # A refused login is permanent: the first run disabled the mailbox and said why.
+    with Session(world.engine) as s:
+        stopped = s.get_one(Mailbox, broken.mailbox_id)
+        assert stopped.state is MailboxState.DISABLED and stopped.next_sync_at is None
+        assert "AuthenticationFailed" in (stopped.disabled_reason or "")
+    assert "mailbox disabled" in res.stdout
     failed = world.cli("sync", "--once", "--mailbox", broken.address, "--json")
     assert failed.returncode == 1
-    [report] = json.loads(failed.stdout)
-    assert report["ok"] is False and report["error_code"] == "AuthenticationFailed"
+    assert "AuthenticationFailed" in failed.stderr
+    assert f"crmsync mailbox enable {broken.address}" in failed.stderr
     world.assert_no_password_shown()
 
 

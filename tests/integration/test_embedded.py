@@ -42,3 +42,41 @@ def test_newcomer_needs_no_database_server(tmp_path: Path) -> None:
         assert json.loads(restarted.stdout)["revision"] == result["revision"]
     finally:
         run(env, "db", "stop")
+
+
+def test_crmsync_run_serves_on_the_embedded_database_and_stops_on_sigterm(
+    tmp_path: Path,
+) -> None:
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    env = clean_env()
+    env["CRMSYNC_HOME"] = str(tmp_path / "crmsync-home")
+    try:
+        assert run(env, "init").returncode == 0
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "crmsync", "run", "--concurrency", "2"],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            deadline = time.monotonic() + 60
+            workers = 0
+            while workers == 0 and time.monotonic() < deadline and proc.poll() is None:
+                time.sleep(0.5)
+                status = run(env, "status", "--json")
+                workers = json.loads(status.stdout)["service"]["live_workers"]
+            assert workers == 1, "crmsync run did not register a worker within 60 s"
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            _out, err = proc.communicate(timeout=60)
+        assert proc.returncode == 0, err
+        assert "syncing with 2 at a time, push (IMAP IDLE) on" in err and "stopped" in err
+        after = json.loads(run(env, "status", "--json").stdout)["service"]
+        assert after["live_workers"] == 0  # unregistered on the way out
+    finally:
+        run(env, "db", "stop")

@@ -8,7 +8,13 @@ from sqlalchemy.engine import Engine
 
 import crmsync.crm.models  # noqa: F401
 from crmsync.crm.base import Base
-from crmsync.db import current_revision, head_revision, require_current_schema, upgrade_schema
+from crmsync.db import (
+    current_revision,
+    head_revision,
+    include_name,
+    require_current_schema,
+    upgrade_schema,
+)
 from crmsync.errors import DatabaseError
 
 pytestmark = pytest.mark.integration
@@ -17,7 +23,10 @@ pytestmark = pytest.mark.integration
 def test_migrations_match_the_models(engine: Engine) -> None:
     with engine.connect() as conn:
         diff = compare_metadata(
-            MigrationContext.configure(conn, opts={"compare_type": True}), Base.metadata
+            MigrationContext.configure(
+                conn, opts={"compare_type": True, "include_name": include_name}
+            ),
+            Base.metadata,
         )
     assert diff == [], f"models and migrations differ; add a migration: {diff}"
 

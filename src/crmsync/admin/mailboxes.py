@@ -252,7 +252,12 @@ def describe(
         "privacy": effective_level(org_privacy, mailbox.privacy_level).value,
         "last_sync": _iso(mailbox.last_sync_finished_at),
         "next_sync": _iso(mailbox.next_sync_at),
+        "schedule": mailbox.disabled_reason
+        if mailbox.state is MailboxState.DISABLED
+        else mailbox.schedule_reason,
+        "push": mailbox.push_state,
         "last_error": mailbox.last_error_message,
+        "error_count": mailbox.last_error_count,
     }
     if detail:
         out.update(
@@ -275,6 +280,12 @@ def describe(
                 "last_error_code": mailbox.last_error_code,
                 "last_error_count": mailbox.last_error_count,
                 "last_error_at": _iso(mailbox.last_error_at),
+                "schedule_code": mailbox.schedule_code,
+                "sync_requested_at": _iso(mailbox.sync_requested_at),
+                "recent_runs": mailbox.sync_history,
+                "push_changed_at": _iso(mailbox.push_changed_at),
+                "disabled_at": _iso(mailbox.disabled_at),
+                "disabled_reason": mailbox.disabled_reason,
                 "created_at": _iso(mailbox.created_at),
             }
         )
@@ -340,6 +351,15 @@ def enable_mailbox(
     mailbox.state = MailboxState.ENABLED
     mailbox.enabled_at = now
     mailbox.process_email_received_after = process_after.astimezone(UTC) if process_after else now
+    # A fresh start for the scheduler: due now, no history, no error streak (reference §5:
+    # an administrator re-enabling a mailbox an error disabled starts it over).
+    mailbox.next_sync_at = now
+    mailbox.sync_history = []
+    mailbox.last_error_count = 0
+    mailbox.schedule_code = "first_run"
+    mailbox.schedule_reason = "enabled → sync now"
+    mailbox.disabled_reason = None
+    mailbox.disabled_at = None
     session.flush()
     audit.record(
         session,
@@ -359,6 +379,9 @@ def disable_mailbox(session: Session, mailbox: Mailbox, *, actor: audit.Actor) -
     if mailbox.state is MailboxState.DISABLED:
         return EnableResult(False, mailbox.process_email_received_after)
     mailbox.state = MailboxState.DISABLED
+    mailbox.next_sync_at = None
+    mailbox.disabled_at = utcnow()
+    mailbox.disabled_reason = f"disabled by {actor.name}"
     session.flush()
     after = mailbox.process_email_received_after
     audit.record(

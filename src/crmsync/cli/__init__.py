@@ -1,7 +1,7 @@
 """The ``crmsync`` command line.
 
 Each command exits 0 on success and non-zero with a one-line reason on failure; commands that
-print data take ``--json``. Later issues add run, worker and email commands beside these.
+print data take ``--json``. Later issues add email commands beside these.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ import typer
 
 from crmsync.cli import (
     activities,
+    alerts,
     audit,
     check,
     database,
@@ -22,6 +23,7 @@ from crmsync.cli import (
     importing,
     mailbox,
     secrets,
+    service,
     settings,
     status,
     sync,
@@ -43,9 +45,12 @@ app.command("demo")(demo.demo)
 app.command("audit")(audit.audit_command)
 app.command("check")(check.check)
 app.command("sync")(sync.sync_command)
+app.command("run")(service.run)
+app.command("worker")(service.worker)
 app.command("explain")(explain.explain)
 app.command("activities")(activities.activities)
 app.add_typer(mailbox.app, name="mailbox")
+app.add_typer(alerts.app, name="alerts")
 app.add_typer(database.app, name="db")
 app.add_typer(secrets.app, name="secrets")
 app.add_typer(settings.app, name="settings")

@@ -144,7 +144,18 @@ def list_command(json_out: JsonOpt = False) -> None:
 def mailbox_table(rows: list[dict]) -> Table:
     return table(
         None,
-        ["Mailbox", "Owner", "Approval", "State", "Syncs", "Last sync", "Next sync", "Last error"],
+        [
+            "Mailbox",
+            "Owner",
+            "Approval",
+            "State",
+            "Syncs",
+            "Last sync",
+            "Next sync",
+            "Why",
+            "Push",
+            "Last error",
+        ],
         [
             (
                 r["email_address"],
@@ -154,11 +165,20 @@ def mailbox_table(rows: list[dict]) -> Table:
                 syncs(r),
                 r["last_sync"],
                 r["next_sync"],
-                r["last_error"],
+                r["schedule"],
+                r["push"],
+                _error(r),
             )
             for r in rows
         ],
     )
+
+
+def _error(row: dict) -> str | None:
+    if not row["last_error"]:
+        return None
+    count = row.get("error_count") or 0
+    return f"{row['last_error']} ({count} times in a row)" if count > 1 else row["last_error"]
 
 
 def syncs(row: dict) -> str:

@@ -27,6 +27,20 @@ def status(
     records = report["records"]
     summary = ", ".join(f"{n} {t}" for t, n in records.items()) or "empty"
     out.print(f"[bold]Records[/bold] {summary}")
+    svc = report["service"]
+    push = ", ".join(f"{n} {s}" for s, n in svc["push"].items()) or "none"
+    workers = svc["live_workers"]
+    running = (
+        f"{workers} live worker{'s' if workers != 1 else ''}"
+        if workers
+        else "[yellow]no worker running (start one: crmsync run)[/yellow]"
+    )
+    out.print(
+        f"[bold]Service[/bold] {running}; {svc['queued_jobs']} queued, "
+        f"{svc['running_jobs']} running; {svc['overdue_mailboxes']} overdue; push: {push}; "
+        f"{svc['unread_alerts']} unread alerts"
+        + (" (crmsync alerts list)" if svc["unread_alerts"] else "")
+    )
     boxes = report["mailboxes"]
     states = ", ".join(f"{n} {s}" for s, n in boxes["by_state"].items()) or "none"
     approval = "required" if boxes["approval_required"] else "not required"

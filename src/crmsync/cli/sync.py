@@ -1,4 +1,5 @@
-"""``crmsync sync --once``: sync mailboxes' incoming email now, then exit.
+"""``crmsync sync --once``: sync mailboxes' incoming email now, then exit; ``--now``: ask the
+running service to do it at once.
 
 Every syncable mailbox (enabled, with an incoming server, approved when the organization requires
 it), or the named ones. One mailbox failing never stops the others; the exit code is 1 when any
@@ -7,22 +8,27 @@ failed, 0 otherwise (a mailbox another run is syncing is noted, not failed).
 
 from __future__ import annotations
 
+import time
 import uuid
+from datetime import datetime
 from typing import Annotated, Any
 
 import sqlalchemy as sa
 import typer
 from rich.markup import escape
 from rich.progress import Progress, TaskID
+from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
 from crmsync.admin.mailboxes import find_mailbox, list_mailboxes
 from crmsync.cli.context import Context
 from crmsync.cli.output import err, out, print_json, progress_bar, table
+from crmsync.crm.base import utcnow
 from crmsync.crm.mailboxes import ApprovalStatus, Mailbox, MailboxState, SyncMethod
 from crmsync.crm.settings import get_setting
 from crmsync.db import session_scope
 from crmsync.errors import InvalidInput
+from crmsync.scheduler.dispatch import request_sync
 from crmsync.sync.incoming import SyncReport, sync_mailboxes, syncable_mailboxes
 
 
@@ -31,7 +37,10 @@ def note(message: str) -> None:
     err.print(message, soft_wrap=True)
 
 
-NO_SERVICE = "use --once; the continuous service is `crmsync run` (not yet available)"
+NO_SERVICE = (
+    "say how: --once syncs in this process and exits; --now asks the running service "
+    "(`crmsync run` or `crmsync worker`) to sync at once"
+)
 
 
 class BarProgress:
@@ -63,7 +72,8 @@ def why_not_syncable(mailbox: Mailbox, *, approval_required: bool) -> str | None
             f"email only for approved mailboxes; approve it: crmsync mailbox approve {address}"
         )
     if mailbox.state is not MailboxState.ENABLED:
-        return f"disabled; enable it: crmsync mailbox enable {address}"
+        why = f" ({mailbox.disabled_reason})" if mailbox.disabled_reason else ""
+        return f"disabled{why}; enable it: crmsync mailbox enable {address}"
     return None
 
 
@@ -119,6 +129,9 @@ def report_dict(report: SyncReport) -> dict[str, Any]:
         "error_code": report.error_code,
         "transient": report.transient,
         "seconds": round(report.seconds, 3),
+        "next_sync": report.next_sync_at.isoformat() if report.next_sync_at else None,
+        "schedule": report.schedule,
+        "disabled": report.disabled,
     }
 
 
@@ -134,7 +147,8 @@ def _result_text(r: dict[str, Any]) -> str:
     if r["busy"]:
         return "[yellow]busy: another run is syncing it; skipped this time[/yellow]"
     if r["error"] is not None:
-        return f"[red]{escape(r['error'])}[/red]"
+        stopped = "; mailbox disabled" if r["disabled"] else ""
+        return f"[red]{escape(r['error'])}{stopped}[/red]"
     notes = ["ok"]
     if r["remapped"]:
         notes.append(f"{r['remapped']} re-mapped")
@@ -145,8 +159,22 @@ def _result_text(r: dict[str, Any]) -> str:
 
 def sync_command(
     once: Annotated[
-        bool, typer.Option("--once", help="Sync now and exit (required for now).")
+        bool, typer.Option("--once", help="Sync in this process, now, and exit.")
     ] = False,
+    now: Annotated[
+        bool,
+        typer.Option(
+            "--now",
+            help="Ask the running service (crmsync run / worker) to sync at once, ahead of "
+            "its schedule.",
+        ),
+    ] = False,
+    wait: Annotated[
+        float,
+        typer.Option(
+            "--wait", min=0.0, help="With --now: wait up to this many seconds for the results."
+        ),
+    ] = 0.0,
     mailbox: Annotated[
         list[str] | None,
         typer.Option(
@@ -157,9 +185,12 @@ def sync_command(
 ) -> None:
     """Sync the incoming email of every syncable mailbox (or the named ones) now, then exit.
     Exits 1 when any mailbox failed (the message says what to do), 0 otherwise."""
-    if not once:
+    if once == now:
         note(f"crmsync: {NO_SERVICE}")
         raise typer.Exit(2)
+    if now:
+        sync_now(list(mailbox or []), wait=wait, json_out=json_out)
+        return
     ctx = Context()
     engine = ctx.engine()
     with session_scope(engine) as session:
@@ -225,3 +256,87 @@ def sync_command(
         for r in failed:
             note(f"[red]crmsync: {escape(r['mailbox'])}: {escape(r['error'])}[/red]")
         raise typer.Exit(1)
+
+
+def sync_now(refs: list[str], *, wait: float, json_out: bool) -> None:
+    """Make the mailboxes due now and queue their jobs; a running worker starts them within
+    moments (the queue notifies it). Says so when no worker is alive to pick them up."""
+    ctx = Context()
+    engine = ctx.engine()
+    with session_scope(engine) as session:
+        ids = _chosen(session, refs)
+        if not ids:
+            _none_syncable(session)
+            return
+    asked = utcnow()
+    dispatched = request_sync(engine, ids)
+    workers = live_workers(engine)
+    if workers == 0:
+        note(
+            "[yellow]queued, but no worker is running to pick it up; start one: crmsync run "
+            "(or crmsync worker)[/yellow]"
+        )
+    rows = _wait_for(engine, ids, asked, wait) if wait else []
+    if json_out:
+        print_json(
+            {
+                "queued": [str(d.mailbox_id) for d in dispatched],
+                "live_workers": workers,
+                "results": rows,
+            }
+        )
+        return
+    for d in dispatched:
+        how = "queued" if d.queued else "already queued"
+        note(f"{d.mailbox_id}: {how} for a sync now")
+    for row in rows:
+        note(f"{row['mailbox']}: {row['result']}")
+    if wait and any(r["result"] == "still waiting" for r in rows):
+        raise typer.Exit(1)
+
+
+def live_workers(engine: Engine) -> int:
+    with engine.connect() as conn:
+        return int(
+            conn.execute(
+                sa.text(
+                    "SELECT count(*) FROM procrastinate_workers "
+                    "WHERE last_heartbeat > now() - interval '60 seconds'"
+                )
+            ).scalar()
+            or 0
+        )
+
+
+def _wait_for(
+    engine: Engine, ids: list[uuid.UUID], asked: datetime, seconds: float
+) -> list[dict[str, Any]]:
+    """Poll (bounded by ``seconds``) until every mailbox finished a run that started after
+    ``asked``; each row says how it went."""
+    deadline = time.monotonic() + seconds
+    while True:
+        with Session(engine) as session:
+            boxes = session.scalars(sa.select(Mailbox).where(Mailbox.id.in_(ids))).all()
+            done = {
+                m.id: m
+                for m in boxes
+                if m.last_sync_started_at is not None
+                and m.last_sync_started_at >= asked
+                and m.last_sync_finished_at is not None
+                and m.last_sync_finished_at >= m.last_sync_started_at
+            }
+            if len(done) == len(ids) or time.monotonic() >= deadline:
+                return [
+                    {
+                        "mailbox": m.email_address,
+                        "result": (
+                            "still waiting"
+                            if m.id not in done
+                            else f"failed: {m.last_error_message}"
+                            if m.last_error_code
+                            else f"ok, {m.items_processed_last_sync} seen"
+                        ),
+                    }
+                    for m in boxes
+                ]
+        time.sleep(0.2)

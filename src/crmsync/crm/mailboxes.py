@@ -156,6 +156,26 @@ class Mailbox(Base):
     last_error_count: Mapped[int] = mapped_column(default=0)
     last_error_at: Mapped[datetime | None]
 
+    sync_history: Mapped[list[dict[str, Any]]] = mapped_column(
+        JSONB, default=list, server_default=sa.text("'[]'::jsonb")
+    )
+    """The newest runs' outcomes (``crmsync.core.schedule.RunOutcome`` as JSON, newest last):
+    what the scheduling policy reads to choose the next interval."""
+    schedule_code: Mapped[str | None] = mapped_column(sa.String(32))
+    schedule_reason: Mapped[str | None] = mapped_column(sa.Text)
+    """Why ``next_sync_at`` is what it is (or why the mailbox was disabled), as a sentence."""
+    sync_requested_at: Mapped[datetime | None]
+    """Someone asked for a sync now ("sync now", push); cleared when a run starts."""
+    dispatched_at: Mapped[datetime | None]
+    """When the scheduler last queued a sync job for this mailbox."""
+    push_state: Mapped[str | None] = mapped_column(sa.String(16))
+    """The IMAP IDLE watcher's state for this mailbox (``crmsync.sync.push.PushState``);
+    empty when no watcher covers it."""
+    push_changed_at: Mapped[datetime | None]
+    disabled_reason: Mapped[str | None] = mapped_column(sa.Text)
+    """Why the mailbox was disabled: an administrator, or the error that stopped it."""
+    disabled_at: Mapped[datetime | None]
+
     created_at: Mapped[datetime] = created_at()
     modified_at: Mapped[datetime] = mapped_column(
         server_default=sa.func.now(), default=utcnow, onupdate=utcnow

@@ -9,6 +9,7 @@ from crmsync.crm.activities import (
     EmailMatchHash,
     Task,
 )
+from crmsync.crm.alerts import Alert
 from crmsync.crm.audit import AuditEvent
 from crmsync.crm.decisions import MessageDecision
 from crmsync.crm.mailboxes import EmailServerProfile, Mailbox, MailboxFolder, OrgSetting
@@ -43,6 +44,7 @@ __all__ = [
     "Account",
     "Activity",
     "ActivityParty",
+    "Alert",
     "Appointment",
     "Attachment",
     "AuditEvent",

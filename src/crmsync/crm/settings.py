@@ -248,6 +248,13 @@ SETTINGS: dict[str, SettingSpec] = {
         '(Dynamics\' "Track emails sent between users as two activities")',
         _bool,
     ),
+    # Scheduling (docs/scheduling.md)
+    "schedule_speedup": SettingSpec(
+        1,
+        "for tests and demonstrations only: every sync interval (2, 5, 12 minutes...) is divided "
+        "by this; 1 is real time, 60 turns minutes into seconds",
+        _integer(1, 600),
+    ),
 }
 
 

@@ -7,7 +7,7 @@ from alembic import context
 
 import crmsync.crm.models  # noqa: F401  (registers every table on Base.metadata)
 from crmsync.crm.base import Base
-from crmsync.db import MIGRATION_LOCK_KEY
+from crmsync.db import MIGRATION_LOCK_KEY, include_name
 
 target_metadata = Base.metadata
 
@@ -23,6 +23,7 @@ def run_migrations_online() -> None:
                 connection=connection,
                 target_metadata=target_metadata,
                 compare_type=True,
+                include_name=include_name,
                 transaction_per_migration=True,
             )
             with context.begin_transaction():

@@ -33,6 +33,7 @@ from sqlalchemy.orm import Session
 from crmsync.core.parties import AutoCreate
 from crmsync.core.privacy import effective_level, fetch_plan
 from crmsync.core.promote import CrmOwner, FolderKind, IncomingFilter, OwnerKind
+from crmsync.core.schedule import RunOutcome
 from crmsync.crm import audit
 from crmsync.crm.base import RecordState, utcnow
 from crmsync.crm.decisions import MessageDecision, Outcome, ServiceReason
@@ -52,6 +53,7 @@ from crmsync.mail.imap import ImapSession
 from crmsync.mail.imap.delta import Cursor, Mode, changes_since, choose_mode
 from crmsync.mail.imap.errors import ImapError
 from crmsync.mail.imap.fetch import HeaderFetch
+from crmsync.scheduler.outcome import apply_outcome
 from crmsync.secrets import SecretBox
 from crmsync.sync.batch import (
     Counts,
@@ -98,6 +100,11 @@ class SyncReport(Counts):
     transient: bool | None = None
     uidvalidity_changed: list[str] = field(default_factory=list)
     seconds: float = 0.0
+    next_sync_at: datetime | None = None
+    schedule: str | None = None
+    """Why the next run is when it is (or why the mailbox was disabled)."""
+    disabled: bool = False
+    """This run's error disabled the mailbox (permanent, or the 10th transient in a row)."""
 
     @property
     def ok(self) -> bool:
@@ -222,6 +229,7 @@ def _run(
         password = box.decrypt(mailbox.credential, bound_to=f"mailbox:{mailbox.id}")
         url, username = mailbox.imap_url, mailbox.username or mailbox.email_address
         mailbox.last_sync_started_at = utcnow()
+        mailbox.sync_requested_at = None
 
     with ImapSession(url, username, password, timeout=timeout) as imap, ParserPool() as parse:
         folders: list[tuple[str, FolderKind]] = [("INBOX", FolderKind.INBOX)]
@@ -521,10 +529,11 @@ def _record_uidvalidity_change(
 
 
 def _finish(engine: Engine, report: SyncReport) -> None:
-    """The run's outcome on the mailbox row (what `crmsync status` and the scheduler read)."""
+    """The run's outcome on the mailbox row (what `crmsync status` and the scheduler read), and
+    in the same transaction the next run, or the mailbox's disabling (``scheduler.outcome``)."""
     try:
         with Session(engine) as session, session.begin():
-            mailbox = session.get(Mailbox, report.mailbox_id)
+            mailbox = session.get(Mailbox, report.mailbox_id, with_for_update={"of": Mailbox})
             if mailbox is None:
                 return
             now: datetime = utcnow()
@@ -534,12 +543,21 @@ def _finish(engine: Engine, report: SyncReport) -> None:
             if report.error is None:
                 mailbox.last_error_code = None
                 mailbox.last_error_message = None
-                mailbox.last_error_count = 0
             else:
-                same = mailbox.last_error_code == report.error_code
-                mailbox.last_error_count = (mailbox.last_error_count if same else 0) + 1
                 mailbox.last_error_code = report.error_code
                 mailbox.last_error_message = report.error
                 mailbox.last_error_at = now
+            failed = report.error is not None
+            outcome = RunOutcome(
+                finished_at=now,
+                items=report.seen,
+                error_code=(report.error_code or "Error") if failed else None,
+                # an error that does not say (a configuration problem) will not pass by itself
+                transient=bool(report.transient) if failed else None,
+            )
+            plan = apply_outcome(session, mailbox, outcome, error_message=report.error)
+            report.next_sync_at = mailbox.next_sync_at
+            report.schedule = plan.reason
+            report.disabled = mailbox.state is MailboxState.DISABLED
     except Exception:
         log.exception("could not record the sync's outcome", mailbox_id=str(report.mailbox_id))
