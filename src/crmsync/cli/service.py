@@ -48,7 +48,8 @@ GracefulTimeout = Annotated[
     typer.Option(
         "--graceful-timeout",
         min=0.0,
-        help="On shutdown, seconds to let running syncs finish before aborting them.",
+        help="On shutdown, seconds the job queue waits for running syncs (a sync is never "
+        "cut mid-batch; it finishes and is recorded).",
     ),
 ]
 
