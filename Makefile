@@ -45,10 +45,13 @@ demo: venv stack-install
 	$(BIN)/crmsync demo --stack $(DEMO_STACK)/stack.json --accounts demo/mail-accounts.txt
 
 # Benchmarks print ratios against a baseline measured in the same run (docs/performance.md).
-# The incoming-email bench starts its own stack in .stack/bench and stops it at the end.
+# The incoming-email bench starts its own stack in .stack/bench and stops it at the end; the
+# scheduler bench (10,000 mailboxes, ~20 min) its own in .stack/bench-sched.
 bench: venv stack-install
 	$(BIN)/python -m bench.import_bench
 	$(BIN)/python -m bench.incoming_bench
+	$(BIN)/python -m bench.scheduler_bench
+	$(BIN)/python -m bench.outgoing_bench
 
 demo-stop:
 	bash stack/down.sh $(DEMO_STACK)

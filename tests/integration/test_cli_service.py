@@ -130,3 +130,29 @@ def test_a_disabled_mailbox_is_explained_and_its_alerts_listed_and_dismissed(
         assert m.next_sync_at is not None and m.last_error_count == 0 and m.sync_history == []
     world.assert_no_password_shown(WRONG_PASSWORD)
     assert os.environ.get("CRMSYNC_SECRET_KEY") != world.key
+
+
+def test_a_running_worker_sends_queued_email_within_moments(world: CliWorld) -> None:
+    from crmsync.crm.activities import EmailStatus
+
+    anna, bert = world.user("anna"), world.user("bert")
+    with Session(world.engine) as s, s.begin():
+        s.get_one(Mailbox, anna.mailbox_id).smtp_url = f"smtp://127.0.0.1:{world.stack.smtp_port}"
+    worker = start_worker(world)
+    try:
+        res = world.cli(
+            "email", "send", "--from", anna.address, "--to", bert.address, "--subject", "Now"
+        )
+        assert res.returncode == 0, res.stderr
+
+        def sent() -> bool:
+            """the worker sent it"""
+            with Session(world.engine) as s:
+                return s.scalar(sa.select(Email.email_status)) is EmailStatus.SENT
+
+        wait_until(sent, seconds=30)
+        listed = json.loads(world.cli("email", "list", "--status", "sent", "--json").stdout)
+        assert [e["to"] for e in listed] == [[bert.address]]
+    finally:
+        stop_worker(worker)
+    world.assert_no_password_shown()

@@ -19,6 +19,7 @@ from crmsync.cli import (
     check,
     database,
     demo,
+    email,
     explain,
     importing,
     mailbox,
@@ -51,6 +52,7 @@ app.command("explain")(explain.explain)
 app.command("activities")(activities.activities)
 app.add_typer(mailbox.app, name="mailbox")
 app.add_typer(alerts.app, name="alerts")
+app.add_typer(email.app, name="email")
 app.add_typer(database.app, name="db")
 app.add_typer(secrets.app, name="secrets")
 app.add_typer(settings.app, name="settings")

@@ -133,6 +133,14 @@ class Email(Activity):
     """'Send later': not submitted before this time."""
     delivery_attempts: Mapped[int] = mapped_column(default=0)
     failure_reason: Mapped[str | None] = mapped_column(sa.Text)
+    next_attempt_at: Mapped[datetime | None] = mapped_column(index=True)
+    """Outgoing, after a transient failure: not tried again before this time."""
+    sending_mailbox_id: Mapped[uuid.UUID | None] = mapped_column(
+        sa.ForeignKey("mailbox.id", ondelete="SET NULL"), index=True
+    )
+    """Outgoing: the mailbox whose server sends it (the sender's)."""
+    sent_copy_at: Mapped[datetime | None]
+    """Outgoing: when the copy was saved in the sending mailbox's Sent folder."""
     receiving_mailbox_id: Mapped[uuid.UUID | None] = mapped_column(
         sa.ForeignKey("mailbox.id", ondelete="SET NULL"), index=True
     )
@@ -141,7 +149,15 @@ class Email(Activity):
     )
     """The user or queue whose filter accepted the email."""
 
-    __table_args__ = (sa.UniqueConstraint("dedupe_key", "direction"),)
+    __table_args__ = (
+        sa.UniqueConstraint("dedupe_key", "direction"),
+        # The outbox: what the dispatcher looks for every second, a handful of rows at most.
+        sa.Index(
+            "ix_email_outbox",
+            "sending_mailbox_id",
+            postgresql_where=sa.text("email_status IN ('pending_send', 'sending')"),
+        ),
+    )
     __mapper_args__ = {
         "polymorphic_identity": "email",
         "inherit_condition": id == Activity.id,
@@ -259,3 +275,19 @@ class EmailMatchHash(Base):
     hash: Mapped[str] = mapped_column(sa.String(64), primary_key=True, index=True)
 
     __table_args__ = (sa.CheckConstraint("kind IN ('s', 'a')", name="kind_known"),)
+
+
+class TokenSender(Base):
+    """A sender's number in tracking tokens and the count of tokens it handed out.
+
+    Tokens are ``<prefix>0<user number><counter>`` (``crmsync.core.tokens``); the number is
+    given on a sender's first outgoing email (the next free one) and the counter advances under
+    a row lock, so two emails sent at once never share a token."""
+
+    __tablename__ = "token_sender"
+
+    record_id: Mapped[uuid.UUID] = mapped_column(
+        sa.ForeignKey("record.id", ondelete="CASCADE"), primary_key=True
+    )
+    user_number: Mapped[int] = mapped_column(unique=True)
+    counter: Mapped[int] = mapped_column(sa.BigInteger, default=0)

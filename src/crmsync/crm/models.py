@@ -8,6 +8,7 @@ from crmsync.crm.activities import (
     Email,
     EmailMatchHash,
     Task,
+    TokenSender,
 )
 from crmsync.crm.alerts import Alert
 from crmsync.crm.audit import AuditEvent
@@ -74,6 +75,7 @@ __all__ = [
     "Team",
     "TeamMembership",
     "TeamRole",
+    "TokenSender",
     "TrackedMessage",
     "User",
     "UserRole",

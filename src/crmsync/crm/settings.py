@@ -248,6 +248,19 @@ SETTINGS: dict[str, SettingSpec] = {
         '(Dynamics\' "Track emails sent between users as two activities")',
         _bool,
     ),
+    # Outgoing email (docs/outgoing.md; reference §4)
+    "allow_unresolved_recipients": SettingSpec(
+        False,
+        "send CRM email to addresses no CRM record has (Dynamics' \"Allow messages with "
+        'unresolved email recipients to be sent")',
+        _bool,
+    ),
+    "max_attachment_kb": SettingSpec(
+        5120,
+        "the largest attachment CRM email may carry, in KB (Dynamics: default 5,120, at most "
+        "131,072)",
+        _integer(1, 131072),
+    ),
     # Scheduling (docs/scheduling.md)
     "schedule_speedup": SettingSpec(
         1,

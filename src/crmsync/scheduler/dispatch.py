@@ -162,6 +162,78 @@ def _insert_jobs(conn: Connection, rows: Sequence[sa.Row], now: datetime) -> Non
     conn.execute(sa.text(f"SELECT procrastinate_defer_jobs_v1(ARRAY[{', '.join(values)}])"), params)
 
 
+# ---------------------------------------------------------------------------- sending
+SEND_TASK = "crmsync.send_mailbox"
+
+
+def send_lock(mailbox_id: uuid.UUID | str) -> str:
+    return f"send:{mailbox_id}"
+
+
+def sendable() -> list[sa.ColumnElement[bool]]:
+    return [
+        Mailbox.state == MailboxState.ENABLED,
+        Mailbox.outgoing_method == SyncMethod.SERVER_SYNC,
+        Mailbox.smtp_url.is_not(None),
+    ]
+
+
+def dispatch_sends(
+    session: Session, *, now: datetime, only: Sequence[uuid.UUID] | None = None
+) -> list[uuid.UUID]:
+    """Queue a send job for each mailbox with email due to send (or left ``sending`` by a
+    crashed run) and no send job waiting or running; returns those mailboxes.
+
+    The job's lock ``send:<id>`` keeps one sender per mailbox; it runs until the mailbox's
+    outbox holds nothing due, so email queued while it runs goes with it."""
+    from crmsync.crm.activities import Email, EmailStatus
+
+    due = sa.or_(
+        Email.email_status == EmailStatus.SENDING,
+        sa.and_(
+            Email.email_status == EmailStatus.PENDING_SEND,
+            sa.or_(Email.send_after.is_(None), Email.send_after <= now),
+            sa.or_(Email.next_attempt_at.is_(None), Email.next_attempt_at <= now),
+        ),
+    )
+    conditions = [*sendable()]
+    if get_setting(session, "process_email_only_for_approved_mailboxes"):
+        conditions.append(Mailbox.approval_status == ApprovalStatus.APPROVED)
+    query = (
+        sa.select(Mailbox.id)
+        .where(
+            *conditions,
+            sa.exists().where(Email.sending_mailbox_id == Mailbox.id, due),
+            sa.text(
+                "NOT EXISTS (SELECT 1 FROM procrastinate_jobs j "
+                "WHERE j.lock = 'send:' || mailbox.id::text AND j.status IN ('todo', 'doing'))"
+            ),
+        )
+        .with_for_update(skip_locked=True)
+    )
+    if only is not None:
+        query = query.where(Mailbox.id.in_(list(only)))
+    ids = list(session.scalars(query))
+    if ids:
+        values, params = [], {"queue": SYNC_QUEUE, "task": SEND_TASK}
+        for n, mailbox_id in enumerate(ids):
+            params[f"l{n}"] = send_lock(mailbox_id)
+            params[f"a{n}"] = json.dumps({"mailbox_id": str(mailbox_id)})
+            values.append(
+                f"ROW(:queue, :task, {REQUESTED_PRIORITY}, :l{n}, :l{n}, CAST(:a{n} AS jsonb), "
+                "NULL)::procrastinate_job_to_defer_v1"
+            )
+        session.execute(
+            sa.text(f"SELECT procrastinate_defer_jobs_v1(ARRAY[{', '.join(values)}])"), params
+        )
+    return ids
+
+
+def dispatch_due_sends(engine: Engine, *, now: datetime | None = None) -> list[uuid.UUID]:
+    with Session(engine) as session, session.begin():
+        return dispatch_sends(session, now=now or utcnow())
+
+
 def _args_json(mailbox_id: uuid.UUID, due_at: datetime) -> str:
     return json.dumps({"mailbox_id": str(mailbox_id), "due_at": due_at.isoformat()})
 

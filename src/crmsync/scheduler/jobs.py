@@ -27,7 +27,7 @@ from sqlalchemy.orm import Session
 
 from crmsync.crm.base import utcnow
 from crmsync.crm.mailboxes import Mailbox
-from crmsync.scheduler.dispatch import SYNC_QUEUE, SYNC_TASK, syncable
+from crmsync.scheduler.dispatch import SEND_TASK, SYNC_QUEUE, SYNC_TASK, sendable, syncable
 from crmsync.scheduler.metrics import SyncMetrics
 from crmsync.secrets import SecretBox
 from crmsync.sync.incoming import SyncReport, sync_mailbox
@@ -57,7 +57,26 @@ def make_app(database_url: str, *, pool_size: int = 4) -> procrastinate.App:
     )
     app = procrastinate.App(connector=connector)
     app.task(name=SYNC_TASK, queue=SYNC_QUEUE, pass_context=True)(sync_mailbox_job)
+    app.task(name=SEND_TASK, queue=SYNC_QUEUE, pass_context=True)(send_mailbox_job)
     return app
+
+
+def send_mailbox_job(context: procrastinate.JobContext, mailbox_id: str) -> dict[str, Any]:
+    """Send a mailbox's due outgoing email (``crmsync.sync.outgoing``; lock ``send:<id>``)."""
+    from crmsync.sync.outgoing import send_mailbox
+
+    runtime: Runtime = context.additional_context["runtime"]
+    job_id = context.job.id if context.job else None
+    with structlog.contextvars.bound_contextvars(mailbox_id=mailbox_id, job_id=job_id):
+        mid = uuid.UUID(mailbox_id)
+        with Session(runtime.engine) as session:
+            if session.scalar(sa.select(Mailbox.id).where(Mailbox.id == mid, *sendable())) is None:
+                log.info("mailbox cannot send; job skipped")
+                return {"skipped": True}
+        report = send_mailbox(runtime.engine, mid, box=runtime.box, timeout=runtime.imap_timeout)
+        runtime.metrics.emails_sent.inc(report.sent)
+        runtime.metrics.emails_failed.inc(report.failed)
+        return {"sent": report.sent, "failed": report.failed, "retrying": report.retrying}
 
 
 def sync_mailbox_job(

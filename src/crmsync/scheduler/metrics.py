@@ -69,6 +69,12 @@ class SyncMetrics:
         self.recovered = Counter(
             "crmsync_jobs_recovered", "Jobs of dead workers recovered", registry=r
         )
+        self.emails_sent = Counter(
+            "crmsync_emails_sent", "Outgoing CRM email submitted", registry=r
+        )
+        self.emails_failed = Counter(
+            "crmsync_emails_failed", "Outgoing CRM email that failed for good", registry=r
+        )
         self.dispatched = Counter(
             "crmsync_jobs_dispatched", "Sync jobs queued by the dispatcher", registry=r
         )

@@ -16,8 +16,10 @@ processes, on any machines, may point at the same PostgreSQL:
   the mailbox falls back to its polling interval meanwhile.
 
 Shutdown (SIGINT/SIGTERM, or the ``stop`` event): stop dispatching and pushing, let running
-syncs finish (up to ``graceful_timeout`` seconds, then abort them: their mailboxes come due again
-by the dispatcher's lease), unregister the worker, exit.
+syncs finish, unregister the worker, exit. A sync runs in a thread and is not interrupted
+mid-batch: after ``graceful_timeout`` Procrastinate gives up waiting on the job, but the thread
+still completes its run (every IMAP call is bounded by ``imap_timeout``), so its outcome and
+next run are recorded. Were the process killed instead, the lease brings the mailbox back.
 """
 
 from __future__ import annotations
@@ -43,7 +45,13 @@ from crmsync.crm.base import utcnow
 from crmsync.crm.mailboxes import Mailbox, MailboxState
 from crmsync.db import normalize_url
 from crmsync.errors import InvalidInput
-from crmsync.scheduler.dispatch import SYNC_QUEUE, dispatch_due, request_sync, syncable
+from crmsync.scheduler.dispatch import (
+    SYNC_QUEUE,
+    dispatch_due,
+    dispatch_due_sends,
+    request_sync,
+    syncable,
+)
 from crmsync.scheduler.jobs import Runtime, make_app
 from crmsync.scheduler.metrics import SyncMetrics
 from crmsync.scheduler.outcome import PUSH_LIVE, history_of, settings_of, speedup
@@ -167,7 +175,9 @@ def _dispatch(engine: Engine, metrics: SyncMetrics) -> Callable[[], Awaitable[No
             done = await asyncio.to_thread(dispatch_due, engine)
             metrics.dispatched.inc(sum(1 for d in done if d.queued))
             if len(done) < 500:
-                return
+                break
+        sends = await asyncio.to_thread(dispatch_due_sends, engine)
+        metrics.dispatched.inc(len(sends))
 
     return dispatch
 

@@ -21,13 +21,14 @@ by ``fetch_message``, which refuses plans without ``full_message`` before touchi
 from __future__ import annotations
 
 import contextlib
+import functools
 import imaplib
 import re
 import socket
 import ssl
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from datetime import date
+from datetime import date, datetime
 from types import TracebackType
 from typing import Any, NoReturn
 
@@ -75,6 +76,18 @@ _RESPONSE_CODE = re.compile(r"\[([A-Z][A-Z0-9-]*)")
 _CHANGE_RESPONSES = ("EXISTS", "EXPUNGE", "VANISHED", "FETCH", "RECENT")
 _CHANGE_KINDS = frozenset(k.encode() for k in _CHANGE_RESPONSES)
 _KEYWORD = re.compile(r"\$?[A-Za-z0-9_.-]{1,64}")
+_SYSTEM_FLAGS = frozenset({"\\Seen", "\\Answered", "\\Flagged", "\\Deleted", "\\Draft"})
+_APPENDUID = re.compile(r"\[APPENDUID ([0-9]+) ([0-9]+)\]", re.IGNORECASE)
+_SEARCHABLE_ID = re.compile(r"[!-;=?-~]{1,900}")
+"""A message id (without its brackets) that can be sent in a SEARCH: printable ASCII."""
+_BRACKETED = re.compile(r"<([^<>]*)>")
+
+
+@functools.cache
+def _default_tls_context() -> ssl.SSLContext:
+    """One verifying context for every session: loading the CA store per session cost ~17 ms
+    of CPU, a third of a no-change sync (bench/scheduler_bench.py)."""
+    return ssl.create_default_context()
 
 
 class ImapSession:
@@ -103,7 +116,7 @@ class ImapSession:
         self.connect_timeout = timeout if connect_timeout is None else connect_timeout
         self.source_address = source_address
         # verifying by default (certificate chain and host name); tests pass their own CA
-        self._ssl_context = ssl_context or ssl.create_default_context()
+        self._ssl_context = ssl_context or _default_tls_context()
         self._client: ConnectingIMAPClient | None = None
         self._broken = False
         self._logged_in = False
@@ -544,6 +557,88 @@ class ImapSession:
             found = client.find_special_folder(imapclient.imapclient.SENT)
         return found if isinstance(found, str) else None
 
+    def create_folder(self, name: str) -> None:
+        """``CREATE`` and ``SUBSCRIBE`` a folder (a mailbox without a Sent folder gets one for
+        the copies of CRM email, as a mail client would); an existing one is left as is."""
+        client = self._live()
+        with self._translate(f"creating the folder {name!r}"):
+            if not client.folder_exists(name):
+                client.create_folder(name)
+            client.subscribe_folder(name)
+
+    def append_message(
+        self,
+        folder: str,
+        message: bytes,
+        *,
+        flags: Sequence[str] = ("\\Seen",),
+        when: datetime | None = None,
+    ) -> int | None:
+        """``APPEND`` MESSAGE to FOLDER with FLAGS (default ``\\Seen``: a sent copy is read).
+
+        Returns the new message's UID from the server's ``APPENDUID`` (UIDPLUS, RFC 4315), or
+        None when the server does not say (no UIDPLUS): then ``find_by_message_id`` finds it.
+        WHEN (timezone-aware) becomes the INTERNALDATE; by default the server's "now". Raises
+        ``MailboxNotFound`` when the folder does not exist (``create_folder`` makes one).
+        """
+        if not isinstance(message, bytes | bytearray | memoryview) or not bytes(message).strip():
+            raise ValueError("append_message needs the message as non-empty bytes")
+        if isinstance(flags, str):
+            raise TypeError("flags must be a sequence of flags, not one string")
+        for flag in flags:
+            if flag not in _SYSTEM_FLAGS and not _KEYWORD.fullmatch(flag):
+                raise ValueError(f"not a flag APPEND can set: {flag!r}")
+        if when is not None and when.utcoffset() is None:
+            raise ValueError("when must be timezone-aware (a naive time would be read as local)")
+        client = self._live()
+        with self._translate(f"adding a message to the folder {folder!r}"):
+            try:
+                said = client.append(folder, bytes(message), flags=tuple(flags), msg_time=when)
+            except imaplib.IMAP4.abort:
+                raise
+            except imaplib.IMAP4.error as exc:
+                if response_code(self._server_text(exc)) == "TRYCREATE":
+                    raise MailboxNotFound(
+                        f"the folder {folder!r} does not exist in the mailbox of {self.username} "
+                        f"on {self.endpoint.display}: create it or check the folder name in "
+                        f"the mailbox settings (server said: {self._server_text(exc)})"
+                    ) from None
+                self._raise_if_missing(client, folder, exc)
+                raise
+        # imaplib also files the response code as an untagged answer: drop it, so a later
+        # APPEND without one cannot be mistaken for this one
+        client._imap.untagged_responses.pop("APPENDUID", None)
+        text = said.decode("utf-8", "replace") if isinstance(said, bytes) else str(said)
+        found = _APPENDUID.search(text)
+        return int(found.group(2)) if found else None
+
+    def find_by_message_id(self, folder: str, message_id: str) -> list[int]:
+        """UIDs in FOLDER whose Message-ID is MESSAGE_ID (``<id@domain>``, brackets optional).
+
+        ``UID SEARCH HEADER Message-ID`` is a case-insensitive substring match, so each hit's
+        Message-ID is fetched and compared exactly (the domain case-insensitively): ``<b@x>``
+        must not find ``<ab@x>``. FOLDER is selected read-only unless it already is selected.
+        """
+        wanted = _bare_message_id(message_id)
+        if wanted is None or not _SEARCHABLE_ID.fullmatch(wanted):
+            raise ValueError(f"not a message id: {message_id!r}")
+        if self.selected is None or not _same_folder(self.selected.folder, folder):
+            self.select(folder)
+        client = self._live_selected()
+        with self._translate("searching for a message by its Message-ID"):
+            candidates = sorted(client.search(["HEADER", "Message-ID", wanted]))
+        matches: list[int] = []
+        for start in range(0, len(candidates), DEFAULT_BATCH_SIZE):
+            chunk = candidates[start : start + DEFAULT_BATCH_SIZE]
+            with self._translate("reading the Message-ID of the messages found"):
+                response = client.fetch(chunk, ["BODY.PEEK[HEADER.FIELDS (MESSAGE-ID)]"])
+            for uid in chunk:
+                item = response.get(uid, {})
+                raw = next((v for k, v in item.items() if k.startswith(b"BODY[HEADER")), b"")
+                if any(_same_message_id(found, wanted) for found in _message_ids(raw or b"")):
+                    matches.append(uid)
+        return matches
+
     # ------------------------------------------------------------------ searching
     def search_received_since(self, day: date) -> list[int]:
         """UIDs of messages the server received on or after DAY (``UID SEARCH SINCE``).
@@ -833,6 +928,37 @@ def _same_folder(listed: str, wanted: str) -> bool:
     if listed.upper() == "INBOX" and wanted.upper() == "INBOX":
         return True  # INBOX is case-insensitive (RFC 3501 5.1)
     return listed == wanted
+
+
+def _bare_message_id(value: str) -> str | None:
+    """The id inside ``<...>`` (or the whole trimmed text when it has no brackets)."""
+    if not isinstance(value, str):
+        return None
+    found = _BRACKETED.search(value)
+    text = (found.group(1) if found else value).strip()
+    return text or None
+
+
+def _message_ids(raw: bytes) -> list[str]:
+    """The ids of the ``Message-ID:`` lines in a ``HEADER.FIELDS`` answer (unfolded)."""
+    text = re.sub(r"\r?\n[ \t]+", " ", raw.decode("ascii", "replace"))
+    ids = []
+    for line in text.splitlines():
+        name, colon, value = line.partition(":")
+        if colon and name.strip().lower() == "message-id":
+            bare = _bare_message_id(value)
+            if bare:
+                ids.append(bare)
+    return ids
+
+
+def _same_message_id(found: str, wanted: str) -> bool:
+    """Exact, except the part after the last ``@`` (a domain) ignores case."""
+    local_f, at_f, domain_f = found.rpartition("@")
+    local_w, at_w, domain_w = wanted.rpartition("@")
+    if not (at_f and at_w):
+        return found == wanted
+    return local_f == local_w and domain_f.lower() == domain_w.lower()
 
 
 def _valid_uid(uid: int) -> int:
