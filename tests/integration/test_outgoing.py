@@ -17,12 +17,14 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
 from crmsync.core.correlate import CorrelationMethod
+from crmsync.crm import mailboxes
 from crmsync.crm.activities import Email, EmailDirection, EmailStatus
 from crmsync.crm.alerts import Alert
 from crmsync.crm.base import Depth, utcnow
 from crmsync.crm.mailboxes import Mailbox
 from crmsync.crm.records import Account, User
 from crmsync.crm.settings import set_setting
+from crmsync.secrets import Secret
 from crmsync.sync.outgoing import FAULT_ENV, send_mailbox
 from tests.integration.test_scheduler import free_port
 from tests.stackfix import Stack
@@ -204,28 +206,116 @@ def test_a_rejected_recipient_fails_the_email_with_the_reply_and_alerts(world: C
         assert alert.code == "email.failed" and alert.recipient_id == anna.user_id
 
 
-def test_a_crash_after_submission_does_not_send_twice(world: CliWorld) -> None:
-    anna, bert = world.user("anna"), world.user("bert")
-    can_send(world, anna)
-    queued = send_cli(world, "--from", anna.address, "--to", bert.address, "--subject", "Once")
-    assert queued.returncode == 0, queued.stderr
+def crash_sending(world: CliWorld, person: Person, step: str) -> None:
     child = subprocess.run(
-        [sys.executable, "-c", CRASHING_SENDER, str(anna.mailbox_id)],
-        env=world.env | {FAULT_ENV: "after_sent_copy"},
+        [sys.executable, "-c", CRASHING_SENDER, str(person.mailbox_id)],
+        env=world.env | {FAULT_ENV: step},
         capture_output=True,
         text=True,
         timeout=120,
     )
-    assert child.returncode == -9, child.stderr  # SIGKILLed between submission and record
-    [stuck] = emails(world)
-    assert stuck.email_status is EmailStatus.SENDING  # the intent, nothing after it
+    assert child.returncode == -9, child.stderr  # SIGKILLed at STEP
+
+
+def assert_delivered_once(world: CliWorld, to: Person, sent: list[Email]) -> None:
+    with world.stack.imap(to.mail) as imap:
+        imap.select_folder("INBOX", readonly=True)
+        for email in sent:
+            assert len(imap.search(["HEADER", "Message-ID", email.message_id.strip("<>")])) == 1
+
+
+@pytest.mark.parametrize("step", ["after_record", "after_sent_copy"])
+def test_a_crash_after_submission_does_not_send_twice_and_the_copy_is_kept(
+    world: CliWorld, step: str
+) -> None:
+    anna, bert = world.user("anna"), world.user("bert")
+    can_send(world, anna)
+    queued = send_cli(world, "--from", anna.address, "--to", bert.address, "--subject", "Once")
+    assert queued.returncode == 0, queued.stderr
+    crash_sending(world, anna, step)
+    [recorded] = emails(world)
+    assert recorded.email_status is EmailStatus.SENT and recorded.sent_copy_at is None
+    copies = sent_folder_ids(world, anna)
+    assert copies == ([] if step == "after_record" else [f"<{recorded.message_id}>"])
     report = send_mailbox(world.engine, anna.mailbox_id, box=world.box)
-    assert (report.recovered, report.sent) == (1, 0)
+    assert (report.recovered, report.sent, report.copies_restored) == (0, 0, 1)
     [email] = emails(world)
     assert email.email_status is EmailStatus.SENT and email.delivery_attempts == 1
+    assert email.sent_copy_at is not None
+    assert sent_folder_ids(world, anna) == [f"<{email.message_id}>"]  # one copy, either way
+    assert_delivered_once(world, bert, [email])
+
+
+def test_a_crash_mid_batch_sends_each_email_exactly_once(world: CliWorld) -> None:
+    """The batch is claimed together; the crash comes right after the first one is recorded:
+    the two never submitted are sent by the next run, the first one only gets its copy."""
+    anna, bert = world.user("anna"), world.user("bert")
+    can_send(world, anna)
+    for n in range(3):
+        queued = send_cli(world, "--from", anna.address, "--to", bert.address, "--subject", f"B{n}")
+        assert queued.returncode == 0, queued.stderr
+    crash_sending(world, anna, "after_record")
+    statuses = sorted(e.email_status for e in emails(world))
+    assert statuses == sorted([EmailStatus.SENT, EmailStatus.SENDING, EmailStatus.SENDING])
+    report = send_mailbox(world.engine, anna.mailbox_id, box=world.box)
+    assert (report.recovered, report.sent, report.copies_restored) == (0, 2, 1)
+    done = emails(world)
+    assert {e.email_status for e in done} == {EmailStatus.SENT}
+    assert all(e.sent_copy_at is not None for e in done)
+    assert_delivered_once(world, bert, done)
+    assert sorted(sent_folder_ids(world, anna)) == sorted(f"<{e.message_id}>" for e in done)
+
+
+def test_a_stuck_email_found_in_sent_is_recorded_without_sending_again(world: CliWorld) -> None:
+    """An email left ``sending`` whose copy is in Sent was sent (a run that copied before
+    recording): it is recorded as sent, not sent again."""
+    anna, bert = world.user("anna"), world.user("bert")
+    can_send(world, anna)
+    queued = send_cli(world, "--from", anna.address, "--to", bert.address, "--subject", "Stuck")
+    assert queued.returncode == 0, queued.stderr
+    [email] = emails(world)
+    with Session(world.engine) as s, s.begin():
+        s.get_one(Email, email.id).email_status = EmailStatus.SENDING
+    copy = make_mail(
+        sender=anna.address, to=bert.address, subject="Stuck", message_id=f"<{email.message_id}>"
+    )
+    with world.stack.imap(anna.mail) as imap:
+        if not imap.folder_exists("Sent"):
+            imap.create_folder("Sent")
+        imap.append("Sent", copy.as_bytes(), flags=[b"\\Seen"])
+    report = send_mailbox(world.engine, anna.mailbox_id, box=world.box)
+    assert (report.recovered, report.sent) == (1, 0)
+    [done] = emails(world)
+    assert done.email_status is EmailStatus.SENT and done.sent_copy_at is not None
     with world.stack.imap(bert.mail) as imap:
         imap.select_folder("INBOX", readonly=True)
-        assert len(imap.search(["HEADER", "Message-ID", email.message_id.strip("<>")])) == 1
+        assert imap.search(["HEADER", "Message-ID", email.message_id.strip("<>")]) == []
+
+
+def test_a_refused_login_stops_the_run_and_every_email_waits(world: CliWorld) -> None:
+    anna, bert = world.user("anna"), world.user("bert")
+    can_send(world, anna)
+    for n in range(3):
+        queued = send_cli(world, "--from", anna.address, "--to", bert.address, "--subject", f"W{n}")
+        assert queued.returncode == 0, queued.stderr
+    with Session(world.engine) as s, s.begin():
+        mailbox = s.get_one(Mailbox, anna.mailbox_id)
+        mailbox.credential = world.box.encrypt(
+            Secret("not-the-password-8x"), bound_to=f"mailbox:{mailbox.id}"
+        )
+    report = send_mailbox(world.engine, anna.mailbox_id, box=world.box, timeout=10)
+    assert report.sent == 0 and report.retrying == 3
+    assert report.stopped is not None and "refused" in report.stopped
+    waiting = emails(world)
+    assert {e.email_status for e in waiting} == {EmailStatus.PENDING_SEND}
+    # only the email that met the refusal counts an attempt; the rest were never tried
+    assert sorted(e.delivery_attempts for e in waiting) == [0, 0, 1]
+    assert all(e.next_attempt_at is not None and e.next_attempt_at > utcnow() for e in waiting)
+    with Session(world.engine) as s:
+        assert s.get_one(Mailbox, anna.mailbox_id).outgoing_status is mailboxes.TestStatus.FAILURE
+        [alert] = s.scalars(sa.select(Alert)).all()
+        assert alert.code == "mailbox.outgoing_failed" and alert.recipient_id == anna.user_id
+        assert "crmsync mailbox test" in alert.message and "not-the-password" not in alert.message
 
 
 CRASHING_SENDER = """

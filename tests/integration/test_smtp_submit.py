@@ -10,6 +10,7 @@ import base64
 import json
 import socket
 import threading
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
@@ -29,6 +30,7 @@ from crmsync.mail.smtp import (
     SmtpError,
     SmtpOutcomeUnknown,
     SmtpRejected,
+    SmtpSubmission,
     SmtpTemporaryFailure,
     SmtpUnavailable,
     Submitted,
@@ -198,12 +200,16 @@ class Handler:
         self.replies = replies
         self.commands: list[str] = []
         self.received: list[Envelope] = []
+        self.sessions: list[int] = []
+        """One entry per SMTP connection that sent MAIL FROM."""
         self.data_delay = 0.0
 
     async def handle_MAIL(
         self, server: SMTP, session: Session, envelope: Envelope, address: str, options: list[str]
     ) -> str:
         self.commands.append("MAIL")
+        if id(session) not in self.sessions:
+            self.sessions.append(id(session))
         if "mail" in self.replies:
             return self.replies["mail"]
         envelope.mail_from = address
@@ -419,3 +425,53 @@ def test_without_credentials_no_login_is_attempted(local: LocalSmtp) -> None:
     result = local.submit(user=None)
     assert result.refused == {}
     assert local.handler.received[0].mail_from == "anna@example.test"
+
+
+# ---------------------------------------------------------------------- one connection, many
+def _session(server: LocalSmtp, timeout: float = 10) -> SmtpSubmission:
+    return SmtpSubmission(server.url, "anna", Secret(PASSWORD), timeout=timeout)
+
+
+def _submit_to(smtp: SmtpSubmission, to: str) -> Submitted:
+    raw = compose(email("anna@example.test", to=(to,)))
+    return smtp.submit(envelope_from="anna@example.test", recipients=[to], message=raw)
+
+
+def test_many_messages_share_one_connection_and_one_login(local: LocalSmtp) -> None:
+    with _session(local) as smtp:
+        for i in range(5):
+            assert _submit_to(smtp, f"r{i}@example.test").accepted == (f"r{i}@example.test",)
+    assert len(local.handler.received) == 5
+    assert len(local.handler.sessions) == 1
+
+
+def test_after_a_refused_message_the_next_one_goes_out_on_the_same_connection(
+    local: LocalSmtp,
+) -> None:
+    local.handler.replies["rcpt:nobody@example.test"] = "550 5.1.1 no such user"
+    with _session(local) as smtp:
+        with pytest.raises(SmtpRejected, match="refused every recipient"):
+            _submit_to(smtp, "nobody@example.test")
+        # without RSET the server would answer "503 nested MAIL command"
+        assert _submit_to(smtp, "bo@example.test").accepted == ("bo@example.test",)
+    assert [e.rcpt_tos for e in local.handler.received] == [["bo@example.test"]]
+    assert len(local.handler.sessions) == 1
+
+
+def test_a_connection_the_server_closed_while_idle_is_reopened_for_the_next_message() -> None:
+    with LocalSmtp(Handler(), timeout=1) as server, _session(server) as smtp:
+        _submit_to(smtp, "bo@example.test")
+        time.sleep(2)  # past the server's idle timeout: it hangs up
+        _submit_to(smtp, "bo@example.test")
+        assert len(server.handler.received) == 2
+        assert len(server.handler.sessions) == 2
+
+
+def test_a_lost_answer_to_data_is_not_sent_again_on_a_new_connection(local: LocalSmtp) -> None:
+    with _session(local, timeout=1) as smtp:
+        _submit_to(smtp, "bo@example.test")
+        local.handler.data_delay = 3  # the next answer comes too late
+        with pytest.raises(SmtpOutcomeUnknown):
+            _submit_to(smtp, "bo@example.test")
+    # the doubtful one went out once: a retry on a new connection could deliver it twice
+    assert local.handler.commands.count("DATA") == 2

@@ -7,11 +7,20 @@
                           envelope_from="anna@example.com", recipients=rcpts, message=raw)
     sent.refused  # {"typo@example.org": "550 5.1.1 no such user"} when only some were refused
 
+    with SmtpSubmission("submission://mail.example.com", "anna", secret) as smtp:
+        for raw, rcpts in outbox:                 # one connection and one login for all
+            smtp.submit(envelope_from="anna@example.com", recipients=rcpts, message=raw)
+
 ``check_smtp`` connects, says EHLO, secures the connection, logs in when the server offers AUTH,
 sends NOOP and RSET, and says QUIT. It never sends mail (no MAIL FROM, no RCPT TO, no DATA).
-``submit_message`` shares that connection code (``_Connection``: the same TLS and clear-text
-policy, the same login and the same error mapping) and then sends MAIL FROM (with ``SIZE=`` when
-the server advertises SIZE), one RCPT TO per recipient, DATA and QUIT.
+``SmtpSubmission`` shares that connection code (``_Connection``: the same TLS and clear-text
+policy, the same login and the same error mapping) and then, per message, sends MAIL FROM (with
+``SIZE=`` when the server advertises SIZE), one RCPT TO per recipient and DATA; QUIT when it is
+closed. The connection is opened at the first message and kept: a refusal of one message is
+followed by RSET and the next message uses the same connection; a connection the server closed
+while idle is reopened before the next MAIL FROM (nothing of that message was sent yet); after a
+failure in the middle of DATA the connection is dropped. ``submit_message`` is one message on a
+connection of its own.
 
 URLs (the schemes ``crmsync.admin.mailboxes.validate_url`` accepts):
 
@@ -195,45 +204,105 @@ def submit_message(
     ssl_context: ssl.SSLContext | None = None,
     local_hostname: str | None = None,
 ) -> Submitted:
-    """Submit MESSAGE (RFC 5322 bytes, CRLF) for RECIPIENTS, logged in as USERNAME.
+    """Submit MESSAGE (RFC 5322 bytes, CRLF) for RECIPIENTS, logged in as USERNAME, on a
+    connection of its own (``SmtpSubmission.submit`` says what is raised when)."""
+    sender, rcpts, data = _prepare(envelope_from, recipients, message)
+    with SmtpSubmission(
+        url,
+        username,
+        password,
+        timeout=timeout,
+        xoauth2_token=xoauth2_token,
+        source_address=source_address,
+        ssl_context=ssl_context,
+        local_hostname=local_hostname,
+    ) as smtp:
+        return smtp._submitter.submit(sender, rcpts, data)
+
+
+class SmtpSubmission:
+    """One SMTP connection, opened at the first message and logged in once, for many messages.
 
     Logs in with XOAUTH2 when a token is given and the server offers it, else with the password
     (PLAIN/LOGIN/CRAM-MD5); without credentials, or when the server offers no AUTH, it sends
-    without logging in. Raises ``SmtpRejected`` when the server refuses the sender, every
-    recipient (all with 5xx) or the message, ``SmtpTemporaryFailure`` for 4xx refusals,
-    ``SmtpUnavailable`` when the server cannot be reached or drops the connection, and
-    ``ComposeError`` (a ``ValueError``, before connecting) for an invalid address.
+    without logging in. Not thread-safe: one sender at a time.
     """
-    for name, value in (("password", password), ("xoauth2_token", xoauth2_token)):
-        if value is not None and not isinstance(value, Secret):
-            raise TypeError(f"{name} must be a crmsync.secrets.Secret")
-    if (password is not None or xoauth2_token is not None) and not username:
-        raise ValueError("a password or token needs a username")
+
+    def __init__(
+        self,
+        url: str,
+        username: str | None,
+        password: Secret | None,
+        *,
+        timeout: float = SUBMIT_TIMEOUT,
+        xoauth2_token: Secret | None = None,
+        source_address: SourceAddress | None = None,
+        ssl_context: ssl.SSLContext | None = None,
+        local_hostname: str | None = None,
+    ) -> None:
+        for name, value in (("password", password), ("xoauth2_token", xoauth2_token)):
+            if value is not None and not isinstance(value, Secret):
+                raise TypeError(f"{name} must be a crmsync.secrets.Secret")
+        if (password is not None or xoauth2_token is not None) and not username:
+            raise ValueError("a password or token needs a username")
+        self._submitter = _Submitter(
+            SmtpEndpoint.from_url(url),
+            username,
+            password,
+            xoauth2_token=xoauth2_token,
+            timeout=timeout,
+            source_address=source_address,
+            # verifying by default (certificate chain and host name); tests pass their own CA
+            ssl_context=ssl_context or ssl.create_default_context(),
+            # not socket.getfqdn(): that can wait on a slow DNS lookup
+            local_hostname=local_hostname or socket.gethostname() or "localhost",
+        )
+
+    def submit(self, *, envelope_from: str, recipients: Sequence[str], message: bytes) -> Submitted:
+        """Submit MESSAGE (RFC 5322 bytes) for RECIPIENTS from ENVELOPE_FROM.
+
+        Raises ``SmtpRejected`` when the server refuses the sender, every recipient (all with
+        5xx) or the message, ``SmtpTemporaryFailure`` for 4xx refusals, ``SmtpUnavailable`` when
+        the server cannot be reached or drops the connection (``SmtpOutcomeUnknown`` when that
+        happened after the whole message was sent), ``SmtpAuthenticationFailed`` /
+        ``SmtpTlsFailure`` when the login or TLS fails, and ``ComposeError`` (a ``ValueError``,
+        before anything is sent) for an invalid address.
+        """
+        return self._submitter.submit(*_prepare(envelope_from, recipients, message))
+
+    def close(self) -> None:
+        """QUIT and close; the next ``submit`` would open a new connection."""
+        self._submitter._quit()
+
+    def __enter__(self) -> SmtpSubmission:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
+def _prepare(
+    envelope_from: str, recipients: Sequence[str], message: bytes
+) -> tuple[str, list[str], bytes]:
+    """The checked envelope sender, the distinct recipients and the CRLF message bytes."""
     if not isinstance(message, bytes | bytearray | memoryview):
         raise TypeError("message must be bytes")
     sender = normalize_address(envelope_from, "the envelope sender") if envelope_from else ""
     if isinstance(recipients, str):
         raise TypeError("recipients must be a sequence of addresses, not one string")
     rcpts: list[str] = []
+    seen: set[str] = set()
     for address in recipients:
         normal = normalize_address(address, "the recipient")
-        if normal.lower() not in {r.lower() for r in rcpts}:
+        if normal.lower() not in seen:
+            seen.add(normal.lower())
             rcpts.append(normal)
     if not rcpts:
         raise ComposeError("the message has no recipient")
     data = _crlf(bytes(message))
     if not data.strip():
         raise ValueError("the message is empty")
-    return _Submitter(
-        SmtpEndpoint.from_url(url),
-        username,
-        password,
-        xoauth2_token=xoauth2_token,
-        timeout=timeout,
-        source_address=source_address,
-        ssl_context=ssl_context or ssl.create_default_context(),
-        local_hostname=local_hostname or socket.gethostname() or "localhost",
-    ).submit(sender, rcpts, data)
+    return sender, rcpts, data
 
 
 _LINE_END = re.compile(rb"\r\n|\r|\n")
@@ -530,21 +599,59 @@ class _Checker(_Connection):
 
 
 class _Submitter(_Connection):
-    """``submit_message``: one mail transaction after the shared connection steps."""
+    """Mail transactions after the shared connection steps, on a connection kept between them."""
+
+    _dirty = False
+    """A transaction was refused half-way: RSET before the next one."""
+    _data_started = False
+    """The message's bytes began to go out: a lost connection may have delivered it."""
 
     def submit(self, sender: str, recipients: list[str], data: bytes) -> Submitted:
+        reused = self._client is not None
         try:
             return self._submit(sender, recipients, data)
-        finally:
+        except (SmtpAuthenticationFailed, SmtpTlsFailure):
             self._quit()
+            raise
+        except SmtpUnavailable as exc:
+            self._quit()
+            if reused and not isinstance(exc, SmtpOutcomeUnknown) and not self._data_started:
+                # the server closed the idle connection (a timeout, a per-connection limit):
+                # nothing of this message went out, so a new connection sends it
+                return self._submit(sender, recipients, data)
+            raise
+        except _SmtpReply as exc:
+            if exc.code == 421:  # "closing the transmission channel"
+                self._quit()
+            else:
+                self._dirty = True
+            raise
+        except BaseException:
+            self._quit()
+            raise
 
     @property
     def who(self) -> str:
         return self.username or "crmsync (no login)"
 
+    def _quit(self) -> None:
+        self._dirty = False
+        super()._quit()
+
+    def _session(self) -> smtplib.SMTP:
+        """The open, logged-in connection, ready for MAIL FROM."""
+        client = self._client
+        if client is None:
+            client, _transport = self._open()
+            self._authenticate(client)
+        elif self._dirty:
+            self._step("sending RSET", lambda: self._expect(client.rset(), "sending RSET"))
+            self._dirty = False
+        return client
+
     def _submit(self, sender: str, recipients: list[str], data: bytes) -> Submitted:
-        client, _transport = self._open()
-        self._authenticate(client)
+        self._data_started = False
+        client = self._session()
         options = self._mail_options(client, sender, data)
         self._step("sending MAIL FROM", lambda: self._mail(client, sender, options))
         refused: dict[str, str] = {}
@@ -637,6 +744,7 @@ class _Submitter(_Connection):
         payload = _LEADING_DOT.sub(b"..", data)
         if not payload.endswith(b"\r\n"):
             payload += b"\r\n"
+        self._data_started = True  # from here a lost connection may have delivered it
         client.send(payload + b".\r\n")
         try:
             code, said = client.getreply()

@@ -612,6 +612,33 @@ class ImapSession:
         found = _APPENDUID.search(text)
         return int(found.group(2)) if found else None
 
+    def append_messages(
+        self, folder: str, messages: Sequence[bytes], *, flags: Sequence[str] = ("\\Seen",)
+    ) -> None:
+        """``APPEND`` each of MESSAGES to FOLDER with FLAGS, in one command where the server
+        offers MULTIAPPEND (RFC 3502: one round trip, all or none), else one by one."""
+        if len(messages) <= 1 or not self.has("MULTIAPPEND"):
+            for message in messages:
+                self.append_message(folder, message, flags=flags)
+            return
+        for message in messages:
+            if not isinstance(message, bytes | bytearray | memoryview) or not message.strip():
+                raise ValueError("append_messages needs each message as non-empty bytes")
+        for flag in flags:
+            if flag not in _SYSTEM_FLAGS and not _KEYWORD.fullmatch(flag):
+                raise ValueError(f"not a flag APPEND can set: {flag!r}")
+        client = self._live()
+        items = [{"msg": bytes(m), "flags": tuple(flags)} for m in messages]
+        with self._translate(f"adding {len(messages)} messages to the folder {folder!r}"):
+            try:
+                client.multiappend(folder, items)
+            except imaplib.IMAP4.abort:
+                raise
+            except imaplib.IMAP4.error as exc:
+                self._raise_if_missing(client, folder, exc)
+                raise
+        client._imap.untagged_responses.pop("APPENDUID", None)
+
     def find_by_message_id(self, folder: str, message_id: str) -> list[int]:
         """UIDs in FOLDER whose Message-ID is MESSAGE_ID (``<id@domain>``, brackets optional).
 
