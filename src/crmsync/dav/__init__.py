@@ -1,4 +1,6 @@
-"""The CalDAV/CardDAV adapter (standard library only). So far: the connectivity probe."""
+"""The CalDAV/CardDAV adapter: the connectivity probe, the client (``crmsync.dav.client``) and
+the iCalendar/vCard converters (``crmsync.dav.ical``, ``crmsync.dav.vcard``). It knows its
+protocol and the act_fields vocabulary, nothing of the CRM."""
 
 from crmsync.dav.probe import (
     DavAuthenticationFailed,
