@@ -52,6 +52,7 @@ bench: venv stack-install
 	$(BIN)/python -m bench.incoming_bench
 	$(BIN)/python -m bench.scheduler_bench
 	$(BIN)/python -m bench.outgoing_bench
+	$(BIN)/python -m bench.dav_bench
 
 demo-stop:
 	bash stack/down.sh $(DEMO_STACK)
