@@ -80,7 +80,10 @@ def settings_of(mailbox: Mailbox) -> ScheduleSettings:
 
 
 def speedup(session: Session) -> int:
-    return int(get_setting(session, "schedule_speedup"))
+    # Read without flushing the outcome half-recorded on the mailbox: it goes to the database
+    # as one UPDATE at the end instead of two.
+    with session.no_autoflush:
+        return int(get_setting(session, "schedule_speedup"))
 
 
 def apply_outcome(

@@ -1,0 +1,46 @@
+"""What a no-change sync of a mailbox costs in database statements: the worker's CPU per run
+(issue 5) is mostly these round trips, so their number is pinned here (a count, not a time)."""
+
+from __future__ import annotations
+
+import collections
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
+
+from tests.stackfix import Stack
+from tests.syncworld import SyncWorld, make_mail
+
+pytestmark = pytest.mark.integration
+
+
+def test_a_no_change_sync_costs_a_fixed_handful_of_statements(
+    engine: Engine, stack: Stack, tmp_path: Path
+) -> None:
+    world = SyncWorld(engine, stack, tmp_path)
+    ann = world.user("ann")
+    world.contact("Carl Client", "carl@client.example")
+    world.append(ann, make_mail(sender="carl@client.example", to=ann.mail.address, subject="hello"))
+    world.sync(ann)
+    world.sync(ann)
+    statements: list[str] = []
+
+    def capture(conn, cursor, statement, parameters, context, executemany) -> None:  # type: ignore[no-untyped-def]
+        statements.append(" ".join(statement.split())[:160])
+
+    sa.event.listen(engine, "before_cursor_execute", capture)
+    try:
+        report = world.sync(ann)
+    finally:
+        sa.event.remove(engine, "before_cursor_execute", capture)
+    assert report.error is None and report.seen == 0
+    shown = "\n".join(f"{n} x {s}" for s, n in collections.Counter(statements).most_common())
+    # The owner's addresses and teams are not read by a run: loading them eagerly with the
+    # mailbox (at the start and at the end) was four of the nineteen statements it had.
+    assert not [s for s in statements if "FROM email_address" in s or "team" in s], shown
+    # Per run: the mailbox (start, end), the settings, the advisory lock and its release,
+    # three UPDATEs (start, folder, end) and per folder (Inbox, Sent) its row and the UIDs
+    # already decided. One more is a regression to look at, not a number to raise.
+    assert len(statements) <= 13, shown
