@@ -322,6 +322,7 @@ def _sync_folder(
 ) -> None:
     with Session(engine) as session, session.begin():
         row = _folder_row(session, ctx.mailbox_id, name)
+        folder_id = row.id
         stored = (
             Cursor(row.uidvalidity, row.uidnext, row.highestmodseq)
             if row.uidvalidity is not None and row.uidnext is not None
@@ -359,11 +360,18 @@ def _sync_folder(
         if progress is not None:
             progress.advanced(len(fetches))
 
-    with Session(engine) as session, session.begin():
-        row = _folder_row(session, ctx.mailbox_id, name)
-        row.uidvalidity, row.uidnext = cursor.uidvalidity, cursor.uidnext
-        row.highestmodseq = cursor.highestmodseq
-        row.last_synced_at = utcnow()
+    with engine.begin() as conn:
+        # by its id, as read above: one statement, the same on every run
+        conn.execute(
+            sa.update(MailboxFolder)
+            .where(MailboxFolder.id == folder_id)
+            .values(
+                uidvalidity=cursor.uidvalidity,
+                uidnext=cursor.uidnext,
+                highestmodseq=cursor.highestmodseq,
+                last_synced_at=utcnow(),
+            )
+        )
     _mark_tracked(engine, imap, ctx, folder)
 
 
