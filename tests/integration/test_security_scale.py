@@ -4,8 +4,6 @@ indexes when the principal's scope is narrow."""
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
 
 import pytest
 import sqlalchemy as sa
@@ -25,24 +23,11 @@ from crmsync.crm.models import (
     UserRole,
 )
 from crmsync.crm.security import access_filter, can, load_principal
+from tests.dbfix import counted
 
 pytestmark = pytest.mark.integration
 
 CONTACTS = 5000
-
-
-@contextmanager
-def counted(engine: Engine) -> Iterator[list[str]]:
-    statements: list[str] = []
-
-    def count(conn, cursor, statement, parameters, context, executemany) -> None:  # type: ignore[no-untyped-def]
-        statements.append(statement)
-
-    sa.event.listen(engine, "before_cursor_execute", count)
-    try:
-        yield statements
-    finally:
-        sa.event.remove(engine, "before_cursor_execute", count)
 
 
 def populate(engine: Engine, contacts: int) -> dict[str, uuid.UUID]:

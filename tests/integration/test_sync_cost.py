@@ -7,9 +7,9 @@ import collections
 from pathlib import Path
 
 import pytest
-import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
+from tests.dbfix import counted
 from tests.stackfix import Stack
 from tests.syncworld import SyncWorld, make_mail
 
@@ -25,16 +25,9 @@ def test_a_no_change_sync_costs_a_fixed_handful_of_statements(
     world.append(ann, make_mail(sender="carl@client.example", to=ann.mail.address, subject="hello"))
     world.sync(ann)
     world.sync(ann)
-    statements: list[str] = []
-
-    def capture(conn, cursor, statement, parameters, context, executemany) -> None:  # type: ignore[no-untyped-def]
-        statements.append(" ".join(statement.split())[:160])
-
-    sa.event.listen(engine, "before_cursor_execute", capture)
-    try:
+    with counted(engine) as sent:
         report = world.sync(ann)
-    finally:
-        sa.event.remove(engine, "before_cursor_execute", capture)
+    statements = [" ".join(st.split())[:160] for st in sent]
     assert report.error is None and report.seen == 0
     shown = "\n".join(f"{n} x {s}" for s, n in collections.Counter(statements).most_common())
     # The owner's addresses and teams are not read by a run: loading them eagerly with the
